@@ -1,0 +1,25 @@
+//! The process boundary of lumen.
+//!
+//! Everything two lumen processes need to meet safely lives here, and nothing else does:
+//!
+//! - [`msg`]: the typed, versioned messages every process speaks (the one place each cross-process
+//!   message is defined);
+//! - [`codec`]: their compact binary encoding, with a hard size limit on decode;
+//! - [`channel`]: `SOCK_SEQPACKET` control channels that carry those messages and fds (`SCM_RIGHTS`);
+//! - [`fdcheck`]: checks of the kind of every fd received from a peer (memfd and its seals, eventfd,
+//!   socket, dmabuf) before it is used;
+//! - [`ring`]: single-producer single-consumer record rings in sealed memfds with eventfd doorbells;
+//! - [`sandbox`]: the one lock-down every worker enters before it reads an untrusted byte, and the
+//!   self-test that proves it;
+//! - [`worker`]: the start-up every worker binary shares (channel on a fixed fd, lock-down, ready report).
+//!
+//! The peer on the other side of any of these is untrusted: every length, index and enum that crosses
+//! is checked before use, and a malformed input is an error value, never a panic.
+
+pub mod channel;
+pub mod codec;
+pub mod fdcheck;
+pub mod msg;
+pub mod ring;
+pub mod sandbox;
+pub mod worker;

@@ -1,0 +1,156 @@
+//! The messages lumen's processes exchange on their control channels: the one place where each
+//! cross-process message is defined.
+//!
+//! Every message travels inside the [`crate::codec`] envelope, which carries [`PROTOCOL_VERSION`]; a
+//! peer speaking another version is refused. Enums are decoded strictly (an unknown variant is an
+//! error), and every collection is bounded by the codec's size limit.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the worker protocol; bumped on every incompatible change of a message here.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The fd number at which a worker finds its control channel to the broker after exec.
+pub const CHANNEL_FD: i32 = 3;
+
+/// The largest encoded message (envelope included) a receiver accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The most fds one message may carry.
+pub const MAX_FDS_PER_MESSAGE: usize = 16;
+
+/// The command-line flag that starts a worker binary in worker mode (as the broker does).
+pub const WORKER_FLAG: &str = "--worker";
+
+/// The command-line flag that runs a worker binary's sandbox self-test.
+pub const SELFTEST_FLAG: &str = "--sandbox-selftest";
+
+/// Flag the broker passes on when the user explicitly allowed running without seccomp.
+pub const ALLOW_MISSING_SECCOMP_FLAG: &str = "--insecure-allow-missing-seccomp";
+
+/// Flag the broker passes on when the user explicitly allowed running without Landlock.
+pub const ALLOW_MISSING_LANDLOCK_FLAG: &str = "--insecure-allow-missing-landlock";
+
+/// Environment variables a worker may inherit from the broker; everything else is cleared.
+pub const WORKER_ENV_ALLOWLIST: &[&str] = &["RUST_LOG", "RUST_BACKTRACE", "LUMEN_LOG"];
+
+/// The four kinds of worker the broker runs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkerKind {
+    Capture,
+    Encode,
+    Net,
+    Input,
+}
+
+impl WorkerKind {
+    pub const ALL: [WorkerKind; 4] = [
+        WorkerKind::Net,
+        WorkerKind::Capture,
+        WorkerKind::Encode,
+        WorkerKind::Input,
+    ];
+
+    /// Short lower-case name used in logs and `lumen-broker status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerKind::Capture => "capture",
+            WorkerKind::Encode => "encode",
+            WorkerKind::Net => "net",
+            WorkerKind::Input => "input",
+        }
+    }
+
+    /// File name of the worker's binary, found next to `lumen-broker`.
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            WorkerKind::Capture => "lumen-capture",
+            WorkerKind::Encode => "lumen-encode",
+            WorkerKind::Net => "lumen-net",
+            WorkerKind::Input => "lumen-input",
+        }
+    }
+}
+
+/// State of one sandbox layer in a worker.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// In force.
+    On,
+    /// Not wanted by this worker's profile (e.g. a network namespace for `lumen-net`).
+    NotInProfile,
+    /// Wanted, but the system refused it; the worker runs without it (see the report's notes).
+    Unavailable,
+    /// Wanted, refused by the system, and skipped only because the user passed the named opt-out flag.
+    OptedOut,
+}
+
+/// The sandbox layers a worker entered, as it reports them after lock-down.
+///
+/// The broker does not trust this report alone: what `/proc/PID/status` shows (seccomp mode,
+/// no_new_privs, capabilities, uid) it reads itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SandboxReport {
+    pub no_new_privs: Layer,
+    pub capabilities_dropped: Layer,
+    pub rlimits: Layer,
+    pub not_dumpable: Layer,
+    pub user_ns: Layer,
+    pub mount_ns: Layer,
+    pub pid_ns: Layer,
+    pub ipc_ns: Layer,
+    pub net_ns: Layer,
+    /// Landlock: no filesystem access at all.
+    pub landlock_fs: Layer,
+    /// Landlock (ABI ≥ 4): no TCP bind or connect.
+    pub landlock_net: Layer,
+    /// Landlock (ABI ≥ 6): no signals or abstract unix sockets outside the sandbox.
+    pub landlock_scope: Layer,
+    /// The Landlock ABI version the kernel offers (0 when Landlock is missing).
+    pub landlock_abi: u8,
+    /// The per-worker seccomp allowlist.
+    pub seccomp: Layer,
+    /// Number of syscalls the seccomp allowlist admits.
+    pub seccomp_allowed_syscalls: u32,
+    /// Human-readable explanations of every layer that is not `On` or `NotInProfile`.
+    pub notes: Vec<String>,
+}
+
+/// The role of a LAN socket the broker bound and hands to `lumen-net`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SocketRole {
+    /// TCP, nvhttp over plain HTTP (port_base).
+    Http,
+    /// TCP, nvhttp over HTTPS (port_base − 5).
+    Https,
+    /// TCP, RTSP (port_base + 21).
+    Rtsp,
+    /// UDP, video (port_base + 9).
+    Video,
+    /// UDP, ENet control (port_base + 10).
+    Control,
+    /// UDP, audio (port_base + 11).
+    Audio,
+}
+
+/// Messages from the broker to a worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum BrokerMsg {
+    /// Liveness check; the worker answers [`WorkerMsg::Pong`] with the same `seq`.
+    Ping { seq: u64 },
+    /// The LAN sockets for `lumen-net`; the message carries one fd per role, in this order.
+    NetSockets { roles: Vec<SocketRole> },
+    /// Stop cleanly now.
+    Shutdown,
+}
+
+/// Messages from a worker to the broker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum WorkerMsg {
+    /// Sent once, right after lock-down, before the worker reads anything untrusted.
+    Ready { kind: WorkerKind, sandbox: SandboxReport },
+    /// Answer to [`BrokerMsg::Ping`].
+    Pong { seq: u64 },
+    /// A failure the worker reports (e.g. a malformed message it refused); it may keep running.
+    Error { message: String },
+}
