@@ -148,7 +148,10 @@ pub enum BrokerMsg {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum WorkerMsg {
     /// Sent once, right after lock-down, before the worker reads anything untrusted.
-    Ready { kind: WorkerKind, sandbox: SandboxReport },
+    Ready {
+        kind: WorkerKind,
+        sandbox: SandboxReport,
+    },
     /// Answer to [`BrokerMsg::Ping`].
     Pong { seq: u64 },
     /// A failure the worker reports (e.g. a malformed message it refused); it may keep running.
