@@ -48,7 +48,7 @@ use supervisor::{Supervisor, WorkerStatus};
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
-        .with_env_filter("debug")
+        .with_env_filter("info")
         .try_init();
 }
 
@@ -290,6 +290,20 @@ fn fake_worker() {
         "ignore-shutdown" | "wrong-kind" => loop {
             std::thread::sleep(Duration::from_secs(1));
         },
+        "flood" => {
+            // Several threads, as fast as the socket takes them: the broker must still serve
+            // everything else.
+            std::thread::scope(|scope| {
+                for _ in 0..4 {
+                    scope.spawn(
+                        || {
+                            while channel.send(&WorkerMsg::Pong { seq: 0 }, &[]).is_ok() {}
+                        },
+                    );
+                }
+            });
+            std::process::exit(3);
+        }
         "garbage" => {
             rustix::io::write(&channel, b"\xff\xffnot a message").expect("write garbage");
             loop {
@@ -478,6 +492,9 @@ async fn a_root_broker_starts_workers_as_the_unprivileged_uid() {
 
 #[tokio::test]
 async fn a_worker_dies_when_its_parent_dies() {
+    // Orphans of this test come to this process (not to PID 1, which may not reap them), and the
+    // supervisor's reaper, which reaps every child, collects them.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
     let scratch = Scratch::new("pdeathsig");
     let out = scratch.file("grandchild");
     // The intermediate is a process running the broker's spawn path; its child is the "worker".
@@ -499,9 +516,14 @@ async fn a_worker_dies_when_its_parent_dies() {
     );
 
     rustix::process::pidfd_send_signal(&intermediate.pidfd, Signal::KILL).expect("kill");
-    wait_until(Duration::from_secs(5), "the grandchild to die", || {
-        !pid_alive(grandchild)
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the grandchild to die and be reaped",
+        || {
+            supervisor::reaper::reap_all();
+            !pid_present(grandchild)
+        },
+    )
     .await;
     let mut exit = intermediate.exit;
     wait_until(
@@ -819,4 +841,40 @@ async fn start_refuses_a_missing_worker_binary() {
         err.to_string().contains("/nonexistent-lumen/lumen-"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_flooding_worker_does_not_starve_the_others() {
+    init_logs();
+    let supervisor = Supervisor::start_with(
+        vec![
+            (WorkerKind::Net, fake("flood", "net", None)),
+            (WorkerKind::Capture, fake("serve", "capture", None)),
+        ],
+        None,
+        quick_policy(),
+    )
+    .expect("start");
+    for kind in [WorkerKind::Net, WorkerKind::Capture] {
+        wait_for(&supervisor, kind, Duration::from_secs(10), "running", |s| {
+            s.state == "running"
+        })
+        .await;
+    }
+    // One runtime thread, one worker sending without pause: the other is still supervised.
+    let old = status_of(&supervisor, WorkerKind::Capture)
+        .pid
+        .expect("pid");
+    kill(old, Signal::KILL);
+    wait_for(
+        &supervisor,
+        WorkerKind::Capture,
+        Duration::from_secs(10),
+        "capture to come back beside the flood",
+        |s| s.state == "running" && s.pid.is_some_and(|p| p != old),
+    )
+    .await;
+    let start = Instant::now();
+    supervisor.shutdown(Duration::from_secs(1)).await;
+    assert!(start.elapsed() < Duration::from_millis(1100));
 }

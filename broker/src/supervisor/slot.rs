@@ -27,6 +27,9 @@ pub(super) type RecycleReply = oneshot::Sender<Result<(), String>>;
 /// How long a worker that closed its control channel has to exit on its own before it is killed.
 const CLOSED_CHANNEL_GRACE: Duration = Duration::from_secs(1);
 
+/// The most control messages read from one worker before other work gets a turn.
+const MAX_MESSAGES_PER_WAKEUP: usize = 64;
+
 /// The longest worker-supplied error text that is logged.
 const MAX_LOGGED_ERROR: usize = 1024;
 
@@ -428,7 +431,9 @@ impl Slot {
         pid: u32,
         waiting: &mut Vec<RecycleReply>,
     ) -> ChannelVerdict {
-        loop {
+        // A bounded batch: a worker that sends without pause must not hold this task (and the
+        // runtime thread) forever; the rest is read on the next turn of the event loop.
+        for _ in 0..MAX_MESSAGES_PER_WAKEUP {
             let received = match guard.get_inner_mut().try_recv::<WorkerMsg>() {
                 Ok(Some(received)) => received,
                 Ok(None) => {
@@ -506,6 +511,7 @@ impl Slot {
                 }
             }
         }
+        ChannelVerdict::Fine
     }
 
     /// Asks the worker to stop, then kills it at half the time left; returns once it is reaped
@@ -593,5 +599,172 @@ fn log_sandbox(worker: &'static str, pid: u32, sandbox: &SandboxReport) {
             "sandbox: {}",
             output::sanitize(shown.as_bytes())
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(kind: WorkerKind) -> Slot {
+        Slot {
+            kind,
+            name: kind.name(),
+            command: WorkerCommand {
+                program: "/nonexistent".into(),
+                args: Vec::new(),
+                env: Vec::new(),
+                credentials: None,
+            },
+            sockets: None,
+            policy: RestartPolicy::default(),
+            shared: Arc::new(Mutex::new(SlotShared::new())),
+        }
+    }
+
+    fn report() -> SandboxReport {
+        use lumen_ipc::msg::Layer::On;
+        SandboxReport {
+            no_new_privs: On,
+            capabilities_dropped: On,
+            rlimits: On,
+            not_dumpable: On,
+            user_ns: On,
+            mount_ns: On,
+            pid_ns: On,
+            ipc_ns: On,
+            net_ns: On,
+            landlock_fs: On,
+            landlock_net: On,
+            landlock_scope: On,
+            landlock_abi: 7,
+            seccomp: On,
+            seccomp_allowed_syscalls: 1,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Feeds `sends` from a fake worker end and returns what one read of the broker end decides.
+    async fn verdict_after(
+        slot: &Slot,
+        ready_at: &mut Option<Instant>,
+        sends: impl FnOnce(&Channel),
+    ) -> (ChannelVerdict, AsyncFd<Channel>, Channel) {
+        let (broker, worker) = Channel::pair().expect("pair");
+        broker.set_nonblocking(true).expect("nonblocking");
+        sends(&worker);
+        let mut broker = watch_channel(broker).expect("register");
+        let verdict = {
+            let guard = broker.readable_mut().await.expect("readable");
+            slot.read_messages(guard, ready_at, 1, &mut Vec::new())
+        };
+        (verdict, broker, worker)
+    }
+
+    fn kill_reason(verdict: ChannelVerdict) -> String {
+        match verdict {
+            ChannelVerdict::Kill(reason) => reason,
+            ChannelVerdict::Fine => "fine".into(),
+            ChannelVerdict::Closed => "closed".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_messages_is_read_in_bounded_batches() {
+        let slot = slot(WorkerKind::Capture);
+        let (verdict, mut broker, _worker) = verdict_after(&slot, &mut None, |worker| {
+            for seq in 0..100 {
+                worker.send(&WorkerMsg::Pong { seq }, &[]).expect("send");
+            }
+        })
+        .await;
+        assert!(matches!(verdict, ChannelVerdict::Fine));
+        let mut left = 0;
+        while let Ok(Some(_)) = broker.get_mut().try_recv::<WorkerMsg>() {
+            left += 1;
+        }
+        assert_eq!(left, 100 - MAX_MESSAGES_PER_WAKEUP);
+    }
+
+    #[tokio::test]
+    async fn ready_marks_the_worker_running_once() {
+        let slot = slot(WorkerKind::Encode);
+        let mut ready_at = None;
+        let (verdict, _broker, _worker) = verdict_after(&slot, &mut ready_at, |worker| {
+            let ready = WorkerMsg::Ready {
+                kind: WorkerKind::Encode,
+                sandbox: report(),
+            };
+            worker.send(&ready, &[]).expect("send");
+        })
+        .await;
+        assert!(matches!(verdict, ChannelVerdict::Fine));
+        assert!(ready_at.is_some());
+        let shared = slot.shared.lock().expect("lock").clone_status();
+        assert_eq!(shared.state, State::Running);
+        assert_eq!(shared.sandbox, Some(report()));
+
+        // A second Ready is a protocol violation.
+        let (verdict, _broker, _worker) = verdict_after(&slot, &mut ready_at, |worker| {
+            let ready = WorkerMsg::Ready {
+                kind: WorkerKind::Encode,
+                sandbox: report(),
+            };
+            worker.send(&ready, &[]).expect("send");
+        })
+        .await;
+        assert_eq!(kill_reason(verdict), "sent a second Ready");
+    }
+
+    #[tokio::test]
+    async fn protocol_violations_get_the_worker_killed() {
+        let slot = slot(WorkerKind::Input);
+        let wrong_kind = WorkerMsg::Ready {
+            kind: WorkerKind::Net,
+            sandbox: report(),
+        };
+        let (verdict, _b, _w) = verdict_after(&slot, &mut None, |worker| {
+            worker.send(&wrong_kind, &[]).expect("send");
+        })
+        .await;
+        assert_eq!(kill_reason(verdict), "claimed to be Net");
+
+        let (verdict, _b, _w) = verdict_after(&slot, &mut None, |worker| {
+            let stdin = std::io::stdin();
+            let fd = std::os::fd::AsFd::as_fd(&stdin);
+            worker
+                .send(&WorkerMsg::Pong { seq: 1 }, &[fd])
+                .expect("send");
+        })
+        .await;
+        assert_eq!(kill_reason(verdict), "sent fds the broker did not ask for");
+
+        let (verdict, _b, _w) = verdict_after(&slot, &mut None, |worker| {
+            rustix::io::write(worker, b"\x00\x01garbage").expect("write");
+        })
+        .await;
+        assert!(
+            kill_reason(verdict).starts_with("sent a malformed message"),
+            "garbage"
+        );
+
+        let (verdict, _b, _w) = verdict_after(&slot, &mut None, |worker| {
+            rustix::net::shutdown(worker, rustix::net::Shutdown::Write).expect("shutdown");
+        })
+        .await;
+        assert_eq!(kill_reason(verdict), "closed");
+    }
+
+    #[tokio::test]
+    async fn errors_reported_by_a_worker_are_logged_not_fatal() {
+        let slot = slot(WorkerKind::Capture);
+        let (verdict, _b, _w) = verdict_after(&slot, &mut None, |worker| {
+            let error = WorkerMsg::Error {
+                message: "x".repeat(10_000),
+            };
+            worker.send(&error, &[]).expect("send");
+        })
+        .await;
+        assert!(matches!(verdict, ChannelVerdict::Fine));
     }
 }
