@@ -77,6 +77,10 @@ pub struct ProcEvidence {
 }
 
 /// Supervises the broker's workers; cheap to clone.
+///
+/// Its tasks run on the tokio runtime it was started in; call [`Supervisor::shutdown`] before
+/// that runtime ends, or the workers outlive their supervision (until the broker exits, when
+/// their parent-death signal kills them).
 #[derive(Clone)]
 pub struct Supervisor {
     inner: Arc<Inner>,
@@ -212,7 +216,7 @@ impl Supervisor {
     }
 
     /// Stops every worker (Shutdown message, then SIGKILL via pidfd) and reaps them, all within
-    /// `deadline`. Calling it again waits for the first call's work (up to its own deadline).
+    /// `deadline`. A later call finds nothing left to wait for and returns at once.
     pub async fn shutdown(&self, deadline: Duration) {
         let started = Instant::now();
         let end = started + deadline;
