@@ -830,7 +830,7 @@ async fn start_refuses_a_missing_worker_binary() {
             worker_dir: "/nonexistent-lumen".into(),
             allow_missing_seccomp: false,
             allow_missing_landlock: false,
-            worker_uid: None,
+            worker_uid: Some((65534, 65534)),
         },
         sockets,
     )

@@ -45,6 +45,22 @@ pub struct SupervisorConfig {
     pub worker_uid: Option<(u32, u32)>,
 }
 
+/// A worker never runs as uid 0 on the host: a root broker must name an unprivileged uid and gid.
+fn check_worker_credentials(
+    worker_uid: Option<(u32, u32)>,
+    broker_is_root: bool,
+) -> anyhow::Result<()> {
+    match worker_uid {
+        Some((0, _)) | Some((_, 0)) => {
+            bail!("worker_uid: workers must not run with uid or gid 0")
+        }
+        None if broker_is_root => bail!(
+            "the broker runs as root but no unprivileged worker_uid is configured; refusing to run workers as root"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// A worker's state, as `status` shows it.
 #[derive(Serialize, Clone, Debug)]
 pub struct WorkerStatus {
@@ -108,6 +124,7 @@ impl Supervisor {
     /// workers, and supervises them (pidfds + SIGCHLD, reaps every child, restarts with
     /// exponential backoff, reports crash loops). Must be called inside the tokio runtime.
     pub async fn start(cfg: SupervisorConfig, sockets: LanSockets) -> anyhow::Result<Supervisor> {
+        check_worker_credentials(cfg.worker_uid, rustix::process::geteuid().is_root())?;
         let mut workers = Vec::new();
         for kind in WorkerKind::ALL {
             let command = WorkerCommand::worker(
@@ -293,5 +310,19 @@ impl Supervisor {
                 kind.name()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_never_get_root_credentials() {
+        assert!(check_worker_credentials(None, true).is_err());
+        assert!(check_worker_credentials(Some((0, 65534)), true).is_err());
+        assert!(check_worker_credentials(Some((65534, 0)), false).is_err());
+        assert!(check_worker_credentials(Some((65534, 65534)), true).is_ok());
+        assert!(check_worker_credentials(None, false).is_ok());
     }
 }
