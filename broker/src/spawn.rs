@@ -270,12 +270,16 @@ fn child_setup(
         }
     }
     // Every other fd (including the original channel fd) is closed by the exec.
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on this process's fds.
+    // The raw system call (Linux ≥ 5.11 for CLOSE_RANGE_CLOEXEC), so no particular C library
+    // version is needed; on an older kernel this fails (ENOSYS/EINVAL) and the spawn with it.
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC takes integers and only sets the close-on-exec
+    // flag on this process's fds from 4 up.
     if unsafe {
-        libc::close_range(
-            (CHANNEL_FD + 1) as libc::c_uint,
+        libc::syscall(
+            libc::SYS_close_range,
+            (CHANNEL_FD + 1).unsigned_abs(),
             libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            libc::CLOSE_RANGE_CLOEXEC,
         )
     } < 0
     {
