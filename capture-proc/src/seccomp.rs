@@ -1,0 +1,22 @@
+//! `lumen-capture`'s sandbox: it reads frames from the PipeWire fd the broker hands it and writes them into frame slots.
+//! No network sockets at all (no `socket`, `bind`, `connect`, `accept`), its own network
+//! namespace, no paths, no processes.
+
+use lumen_ipc::msg::WorkerKind;
+#[allow(unused_imports)]
+use lumen_ipc::sandbox::seccomp::{allow, allow_if, rust_runtime};
+use lumen_ipc::sandbox::Policy;
+
+pub fn policy() -> Policy {
+    #[allow(unused_mut)]
+    let mut syscalls = rust_runtime();
+
+    Policy {
+        kind: WorkerKind::Capture,
+        own_network_namespace: true,
+        deny_tcp_bind_connect: false,
+        max_fds: 256,
+        max_threads: 8,
+        syscalls,
+    }
+}
