@@ -95,18 +95,16 @@ fn check(rc: libc::c_int, what: &str) -> Result<(), String> {
 fn empty_root() -> Result<(), String> {
     // SAFETY: mount(2) with null source/type/data pointers and a constant path; changes only our
     // private mount namespace.
-    check(
-        unsafe {
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            )
-        },
-        "making / private",
-    )?;
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    check(rc, "making / private")?;
 
     let mut mounted_at = None;
     for dir in NEW_ROOT_CANDIDATES {
@@ -128,40 +126,34 @@ fn empty_root() -> Result<(), String> {
     let new_root = mounted_at.ok_or_else(|| format!("mounting a tmpfs: {}", errno_text()))?;
 
     // SAFETY: chdir(2) with a constant path.
-    check(
-        unsafe { libc::chdir(new_root.as_ptr()) },
-        "chdir to new root",
-    )?;
+    let rc = unsafe { libc::chdir(new_root.as_ptr()) };
+    check(rc, "chdir to new root")?;
     // pivot_root(".", ".") stacks the old root under the new one; detaching "." then removes it.
     // SAFETY: raw pivot_root(2) with two constant paths.
-    check(
-        unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int },
-        "pivot_root",
-    )?;
+    let rc =
+        unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int };
+    check(rc, "pivot_root")?;
     // SAFETY: umount2(2) with a constant path.
-    check(
-        unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
-        "detaching the old root",
-    )?;
+    let rc = unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) };
+    check(rc, "detaching the old root")?;
     // SAFETY: chdir(2) with a constant path.
-    check(unsafe { libc::chdir(c"/".as_ptr()) }, "chdir /")?;
+    let rc = unsafe { libc::chdir(c"/".as_ptr()) };
+    check(rc, "chdir /")?;
     // SAFETY: remount of our own tmpfs, null source/type/data.
-    check(
-        unsafe {
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                std::ptr::null(),
-            )
-        },
-        "remounting the new root read-only",
-    )?;
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT
+                | libc::MS_BIND
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    check(rc, "remounting the new root read-only")?;
     Ok(())
 }

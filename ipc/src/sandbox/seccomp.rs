@@ -141,7 +141,7 @@ pub fn rust_runtime() -> Vec<SyscallRule> {
             "ioctl",
             ArgRule::OneOf {
                 arg: 1,
-                values: &[FIONBIO as u64, FIOCLEX as u64],
+                values: &[FIONBIO, FIOCLEX],
             },
             "non-blocking mode and close-on-exec on fds",
         ),
@@ -379,7 +379,7 @@ fn violation_line(reporter: &ViolationReporter, nr: i64, buf: &mut [u8; REPORT_C
     let mut len = 0;
     push_bytes(buf, &mut len, reporter.prefix.as_bytes());
     push_bytes(buf, &mut len, b"seccomp: blocked syscall ");
-    match reporter.names.iter().find(|(n, _)| *n as i64 == nr) {
+    match reporter.names.iter().find(|(n, _)| *n == nr) {
         Some((_, name)) => push_bytes(buf, &mut len, name.as_bytes()),
         None => push_bytes(buf, &mut len, b"unknown"),
     }
@@ -509,9 +509,7 @@ pub fn allowlist_program(policy: &Policy, own_pid: u64) -> Result<BpfProgram, Sa
     let mut table: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
     for rule in &policy.syscalls {
         let conditions = rules_for(rule.args, own_pid)?;
-        let slot = table
-            .entry(rule.nr as i64)
-            .or_insert_with(|| Some(Vec::new()));
+        let slot = table.entry(rule.nr).or_insert_with(|| Some(Vec::new()));
         match slot {
             Some(_) if conditions.is_empty() => *slot = None,
             Some(list) => list.extend(conditions),
@@ -537,7 +535,7 @@ pub fn allowlist_program(policy: &Policy, own_pid: u64) -> Result<BpfProgram, Sa
 /// The companion filter: `clone3` → ENOSYS, everything else passes on to the allowlist.
 fn clone3_program() -> Result<BpfProgram, SandboxError> {
     let mut rules = BTreeMap::new();
-    rules.insert(libc::SYS_clone3 as i64, Vec::new());
+    rules.insert(libc::SYS_clone3, Vec::new());
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -620,7 +618,7 @@ mod tests {
     #[test]
     fn violation_line_names_a_known_syscall() {
         let mut buf = [0u8; REPORT_CAPACITY];
-        let len = violation_line(&reporter(), libc::SYS_socket as i64, &mut buf);
+        let len = violation_line(&reporter(), libc::SYS_socket, &mut buf);
         let line = std::str::from_utf8(&buf[..len]).unwrap();
         assert_eq!(
             line,
