@@ -135,7 +135,24 @@ pub fn rust_runtime() -> Vec<SyscallRule> {
             "fstatfs",
             "fdcheck: memfd/dmabuf/anon-inode magic",
         ),
-        allow(SYS_fcntl, "fcntl", "fd flags, F_GET_SEALS in fdcheck"),
+        allow_if(
+            SYS_fcntl,
+            "fcntl",
+            // Not F_SETOWN/F_SETOWN_EX/F_SETSIG: they would route SIGIO (or any signal) from a
+            // handed fd to another process, the broker included, past the ban on kill.
+            ArgRule::OneOf {
+                arg: 1,
+                values: &[
+                    F_GETFD as u64,
+                    F_SETFD as u64,
+                    F_GETFL as u64,
+                    F_SETFL as u64,
+                    F_DUPFD_CLOEXEC as u64,
+                    F_GET_SEALS as u64,
+                ],
+            },
+            "fd flags (std, tokio), F_DUPFD_CLOEXEC (try_clone), F_GET_SEALS (fdcheck)",
+        ),
         allow_if(
             SYS_ioctl,
             "ioctl",

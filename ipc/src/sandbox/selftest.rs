@@ -325,6 +325,15 @@ const ATTEMPTS: &[Attempt] = &[
         },
     },
     Attempt {
+        name: "route SIGIO to the broker (fcntl F_SETOWN)",
+        expect_allowed: false,
+        applies: always,
+        // Setting another process as owner of our stderr pipe would let I/O on it signal that
+        // process; stderr is always open.
+        // SAFETY: fcntl(2) with integer arguments on fd 2.
+        run: |ctx| outcome(unsafe { libc::fcntl(2, libc::F_SETOWN, ctx.broker_pid) }.into()),
+    },
+    Attempt {
         name: "kill the broker",
         expect_allowed: false,
         applies: always,
