@@ -1,0 +1,301 @@
+//! The command line: `serve` (the default) runs the broker; the other commands talk to a running
+//! broker over its control socket and print what it says.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::control::{self, Request};
+use crate::pairing::Pin;
+use crate::paths::Paths;
+
+/// lumen: a privilege-separated Moonlight streaming host.
+#[derive(Debug, Parser)]
+#[command(name = "lumen-broker", version, about)]
+pub struct Cli {
+    /// Keep config, state and the control socket under DIR (several brokers can run side by side).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host (the default command).
+    Serve(ServeArgs),
+    /// Show the workers, their sandbox layers, ports and sessions.
+    Status {
+        /// Print the broker's status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pair the Moonlight client that shows this PIN.
+    Pair {
+        /// The 4 digits Moonlight shows.
+        pin: String,
+    },
+    /// List paired clients.
+    Clients {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a paired client (by id, or a unique prefix of it).
+    Unpair { id: String },
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address the LAN sockets bind to (overrides `bind` in the config).
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// Base port (overrides `port_base`; Sunshine's offsets apply).
+    #[arg(long)]
+    pub port_base: Option<u16>,
+    /// Run workers without seccomp when the kernel lacks it (weakens the sandbox).
+    #[arg(long)]
+    pub insecure_allow_missing_seccomp: bool,
+    /// Run workers without Landlock when the kernel lacks it (weakens the sandbox).
+    #[arg(long)]
+    pub insecure_allow_missing_landlock: bool,
+}
+
+const QUICK: Duration = Duration::from_secs(10);
+/// The broker waits up to 60 s for a client; leave room for that.
+const PAIR_REPLY: Duration = Duration::from_secs(90);
+
+/// Runs one of the client commands against the broker's control socket.
+pub fn run_client(paths: &Paths, command: &Command) -> anyhow::Result<()> {
+    let socket = &paths.control_socket;
+    match command {
+        Command::Serve(_) => bail!("serve is not a client command"),
+        Command::Status { json } => {
+            let reply = control::request(socket, &Request::Status, QUICK)?;
+            let status = &reply["status"];
+            if *json {
+                println!("{}", serde_json::to_string_pretty(status)?);
+            } else {
+                print!("{}", render_status(status));
+            }
+        }
+        Command::Pair { pin } => {
+            Pin::parse(pin)?;
+            eprintln!("Waiting for a Moonlight client to start pairing…");
+            let reply = control::request(socket, &Request::Pair { pin: pin.clone() }, PAIR_REPLY)?;
+            println!(
+                "paired {} (id {})",
+                text(&reply["name"]),
+                text(&reply["client_id"])
+            );
+        }
+        Command::Clients { json } => {
+            let reply = control::request(socket, &Request::Clients, QUICK)?;
+            let clients = reply["clients"].as_array().context("reply lacks clients")?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&reply["clients"])?);
+            } else if clients.is_empty() {
+                println!("no paired clients");
+            } else {
+                println!("{:<16}  {:<10}  NAME", "ID", "PAIRED AT");
+                for c in clients {
+                    println!(
+                        "{:<16}  {:<10}  {}",
+                        text(&c["id"]),
+                        text(&c["paired_at"]),
+                        text(&c["name"])
+                    );
+                }
+            }
+        }
+        Command::Unpair { id } => {
+            let reply = control::request(socket, &Request::Unpair { id: id.clone() }, QUICK)?;
+            let client = &reply["client"];
+            println!(
+                "unpaired {} ({})",
+                text(&client["id"]),
+                text(&client["name"])
+            );
+        }
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The human status table.
+fn render_status(status: &Value) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(&mut out, format!("uniqueid: {}", text(&status["uniqueid"])));
+    let ports: Vec<String> = status["ports"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| format!("{} {}", text(&p["role"]).to_lowercase(), text(&p["port"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    line(
+        &mut out,
+        format!(
+            "listening on {}: {}",
+            text(&status["bind"]),
+            ports.join(", ")
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "{:<8} {:>8} {:<9} {:>8}  SANDBOX (reported | verified from /proc)",
+            "WORKER", "PID", "STATE", "RESTARTS"
+        ),
+    );
+    for w in status["workers"].as_array().into_iter().flatten() {
+        line(
+            &mut out,
+            format!(
+                "{:<8} {:>8} {:<9} {:>8}  {} | {}",
+                text(&w["kind"]),
+                text(&w["pid"]),
+                text(&w["state"]),
+                text(&w["restarts"]),
+                reported_layers(&w["sandbox"]),
+                verified(&w["verified"]),
+            ),
+        );
+        if !w["last_exit"].is_null() {
+            line(
+                &mut out,
+                format!("         last exit: {}", text(&w["last_exit"])),
+            );
+        }
+    }
+    let sessions = status["sessions"].as_array().map_or(0, Vec::len);
+    line(
+        &mut out,
+        format!(
+            "sessions: {}",
+            if sessions == 0 {
+                "none".to_string()
+            } else {
+                sessions.to_string()
+            }
+        ),
+    );
+    line(&mut out, "stream statistics: none yet".to_string());
+    line(
+        &mut out,
+        format!("paired clients: {}", text(&status["paired_clients"])),
+    );
+    for p in status["problems"].as_array().into_iter().flatten() {
+        line(&mut out, format!("PROBLEM: {}", text(p)));
+    }
+    out
+}
+
+/// The layers a worker reports as in force, e.g. "seccomp landlock-fs userns netns …".
+fn reported_layers(report: &Value) -> String {
+    let Some(map) = report.as_object() else {
+        return "no report yet".to_string();
+    };
+    let on: Vec<&str> = map
+        .iter()
+        .filter(|(_, v)| *v == "On")
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let off: Vec<String> = map
+        .iter()
+        .filter(|(_, v)| *v == "Unavailable" || *v == "OptedOut")
+        .map(|(k, v)| format!("{k}={}", text(v)))
+        .collect();
+    if off.is_empty() {
+        on.join(" ")
+    } else {
+        format!("{} MISSING: {}", on.join(" "), off.join(" "))
+    }
+}
+
+fn verified(v: &Value) -> String {
+    if v.is_null() {
+        return "-".to_string();
+    }
+    format!(
+        "seccomp={} nnp={} caps0={} uid={} own_netns={}",
+        text(&v["seccomp_mode"]),
+        text(&v["no_new_privs"]),
+        text(&v["cap_eff_zero"]),
+        text(&v["uid"]),
+        text(&v["own_net_ns"]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn state_dir_before_or_after_the_subcommand() {
+        for args in [
+            &["lumen-broker", "--state-dir", "/d", "status"][..],
+            &["lumen-broker", "status", "--state-dir", "/d"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.state_dir, Some(PathBuf::from("/d")));
+            assert!(matches!(cli.command, Some(Command::Status { json: false })));
+        }
+        assert!(Cli::try_parse_from(["lumen-broker"])
+            .unwrap()
+            .command
+            .is_none());
+    }
+
+    #[test]
+    fn status_table_mentions_every_field() {
+        let status = serde_json::json!({
+            "uniqueid": "0123456789ABCDEF", "bind": "127.0.0.1",
+            "ports": [{"role": "Http", "port": 47989}],
+            "workers": [{"kind": "Net", "pid": 42, "state": "running", "restarts": 1,
+                         "last_exit": "killed by signal 9",
+                         "sandbox": {"seccomp": "On", "user_ns": "Unavailable", "notes": []},
+                         "verified": {"seccomp_mode": 2, "no_new_privs": true, "cap_eff_zero": true,
+                                      "uid": 65534, "own_net_ns": false}}],
+            "paired_clients": 0, "sessions": [], "streams": [], "problems": ["x was corrupt"]
+        });
+        let table = render_status(&status);
+        for needle in [
+            "0123456789ABCDEF",
+            "http 47989",
+            "Net",
+            "42",
+            "running",
+            "killed by signal 9",
+            "seccomp",
+            "MISSING: user_ns=Unavailable",
+            "seccomp=2",
+            "sessions: none",
+            "PROBLEM: x was corrupt",
+        ] {
+            assert!(table.contains(needle), "{needle:?} not in\n{table}");
+        }
+    }
+}

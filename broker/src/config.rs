@@ -1,0 +1,145 @@
+//! The broker's TOML config file. Every key has a default, so a missing file is fine; an unknown
+//! key or a malformed value is an error naming the file and line, never silently ignored.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Why the config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// The broker's settings.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The address every LAN socket binds to.
+    pub bind: IpAddr,
+    /// Sunshine's base port; the others are fixed offsets from it.
+    pub port_base: u16,
+    pub sandbox: SandboxConfig,
+}
+
+/// How workers are confined.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// The uid workers switch to when the broker runs as root (they never run as uid 0).
+    pub worker_uid: u32,
+    /// The gid workers switch to when the broker runs as root.
+    pub worker_gid: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port_base: 47989,
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> SandboxConfig {
+        // nobody/nogroup on Debian and most distributions.
+        SandboxConfig {
+            worker_uid: 65534,
+            worker_gid: 65534,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the defaults when it does not exist.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| {
+                    text.get(..span.start)
+                        .map_or(0, |s| s.matches('\n').count())
+                        + 1
+                })
+                .unwrap_or(1);
+            ConfigError::Parse {
+                path: path.display().to_string(),
+                line,
+                message: e.message().trim().to_string(),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/x/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.port_base, 47989);
+        assert_eq!(c.bind.to_string(), "0.0.0.0");
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = parse("bind = \"127.0.0.1\"\nport_base = 40000\n[sandbox]\nworker_uid = 1234\n")
+            .unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1");
+        assert_eq!(c.port_base, 40000);
+        assert_eq!(c.sandbox.worker_uid, 1234);
+        assert_eq!(c.sandbox.worker_gid, 65534);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let err = parse("port_base = 40000\n\nbnd = \"1.2.3.4\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/x/config.toml line 3:"), "{text}");
+        assert!(text.contains("bnd"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_is_an_error() {
+        let err = parse("port_base = 70000\n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(parse("bind = \"not an address\"").is_err());
+    }
+
+    #[test]
+    fn missing_file_is_the_defaults() {
+        let c = Config::load(Path::new("/nonexistent/lumen/config.toml")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}
