@@ -240,6 +240,11 @@ impl Drop for ControlServer {
     }
 }
 
+/// Only our own user, or root, may control the broker.
+fn peer_allowed(peer_uid: u32, our_uid: u32) -> bool {
+    peer_uid == our_uid || peer_uid == 0
+}
+
 async fn serve_connection(
     stream: tokio::net::UnixStream,
     view: &BrokerView,
@@ -247,13 +252,14 @@ async fn serve_connection(
 ) -> std::io::Result<()> {
     let peer_uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
-    let reply = if peer_uid != our_uid && peer_uid != 0 {
+    let mut reader = tokio::io::BufReader::new(read);
+    let reply = if !peer_allowed(peer_uid, our_uid) {
         tracing::warn!(peer_uid, "control connection from another user refused");
         error(format!("uid {peer_uid} may not control this broker"))
     } else {
         let mut line = Vec::new();
-        let mut reader = tokio::io::BufReader::new(read.take(MAX_LINE as u64 + 1));
-        match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
+        match tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line)).await {
             Err(_) => error("no request within 5 s"),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(_)) if line.len() > MAX_LINE => error("request line too long"),
@@ -266,7 +272,17 @@ async fn serve_connection(
     let mut json = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     json.push(b'\n');
     write.write_all(&json).await?;
-    write.shutdown().await
+    write.shutdown().await?;
+    // Closing with unread input would reset the connection and the peer would lose the reply
+    // (e.g. after an oversized request); swallow a bounded remainder first.
+    let mut rest = reader.take(4 * MAX_LINE as u64);
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::copy(&mut rest, &mut sink),
+    )
+    .await;
+    Ok(())
 }
 
 /// Why a CLI request failed.
@@ -333,6 +349,119 @@ pub fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pairing::PairingSlot;
+
+    #[test]
+    fn only_our_uid_or_root_may_connect() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(!peer_allowed(1001, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(1000, 0));
+    }
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "lumen-control-{}-{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Sends raw bytes and returns the reply line.
+    async fn raw(path: &Path, bytes: Vec<u8>) -> serde_json::Value {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            // The server may answer (and close) before it has read everything we send.
+            let _ = s.write_all(&bytes);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            serde_json::from_str(&reply).unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_and_oversized_requests_get_error_replies() {
+        let dir = scratch();
+        let socket = dir.join("control.sock");
+        let server = Arc::new(ControlServer::bind(&socket).unwrap());
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            ControlServer::bind(&socket),
+            Err(ControlError::AlreadyRunning(_))
+        ));
+        let (clients, _) = ClientStore::load(&dir).unwrap();
+        let view = Arc::new(BrokerView {
+            workers: Box::new(Vec::new),
+            uniqueid: "0123456789ABCDEF".into(),
+            bind: "127.0.0.1".parse().unwrap(),
+            ports: Vec::new(),
+            clients: Mutex::new(clients),
+            problems: vec!["x".into()],
+            pairing: PairingSlot::new(Duration::from_millis(10)),
+        });
+        let serving = tokio::spawn({
+            let server = server.clone();
+            async move { server.serve(view).await }
+        });
+
+        for bad in [
+            &b"not json\n"[..],
+            b"{\"request\":\"reboot\"}\n",
+            b"\xff\xfe\n",
+            b"",
+        ] {
+            let reply = raw(&socket, bad.to_vec()).await;
+            assert_eq!(reply["reply"], "error", "{reply}");
+        }
+        let reply = raw(&socket, vec![b'x'; MAX_LINE + 10]).await;
+        assert_eq!(reply["message"], "request line too long");
+        let reply = raw(&socket, b"{\"request\":\"pair\",\"pin\":\"12\"}\n".to_vec()).await;
+        assert_eq!(
+            reply["message"],
+            "the PIN must be the 4 digits Moonlight shows"
+        );
+
+        let status = tokio::task::spawn_blocking({
+            let socket = socket.clone();
+            move || request(&socket, &Request::Status, Duration::from_secs(5))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(status["status"]["uniqueid"], "0123456789ABCDEF");
+        assert_eq!(status["status"]["problems"][0], "x");
+        let unpair = tokio::task::spawn_blocking({
+            let socket = socket.clone();
+            move || {
+                request(
+                    &socket,
+                    &Request::Unpair { id: "ab".into() },
+                    Duration::from_secs(5),
+                )
+            }
+        })
+        .await
+        .unwrap();
+        assert!(matches!(unpair, Err(ClientError::Refused(m)) if m.contains("no paired client")));
+
+        serving.abort();
+        let _ = serving.await;
+        drop(server);
+        assert!(!socket.exists(), "socket file left behind");
+        assert!(matches!(
+            request(&socket, &Request::Status, Duration::from_secs(1)),
+            Err(ClientError::NotRunning(_))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn request_encoding() {
