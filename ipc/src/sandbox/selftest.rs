@@ -18,11 +18,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::seccomp::SECCOMP_EXIT_STATUS;
-use super::{lockdown, Options, Policy};
+use super::{lockdown_layers, Layers, Options, Policy};
 use crate::msg::WorkerKind;
 
 /// Hidden flag: run one attempt (the child side).
 pub const ATTEMPT_FLAG: &str = "--sandbox-selftest-attempt";
+
+/// Child argument: enter every layer but seccomp (the second, defence-in-depth pass).
+const WITHOUT_SECCOMP_ARG: &str = "layers=all-but-seccomp";
 
 /// Child exit status: the attempt was refused with an error.
 pub const EXIT_DENIED: i32 = 3;
@@ -88,6 +91,9 @@ struct Attempt {
     name: &'static str,
     /// Whether the profile allows it: only the control attempt.
     expect_allowed: bool,
+    /// Whether the layers beneath seccomp (Landlock, namespaces, no capabilities) must refuse it on
+    /// their own too; checked in a second pass with seccomp left out.
+    beneath_seccomp: bool,
     /// Run only for profiles where this holds.
     applies: fn(&Policy) -> bool,
     /// Returns Ok if the attempt succeeded, Err(reason) if it was refused.
@@ -177,6 +183,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "write a log line to stderr (allowed: proves the child ran sandboxed)",
         expect_allowed: true,
+        beneath_seccomp: false,
         applies: always,
         run: |_| {
             let line = b"selftest child: sandboxed and alive\n";
@@ -188,6 +195,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "read /etc/passwd",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |_| {
             std::fs::read("/etc/passwd")
@@ -198,6 +206,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "read a world-readable file outside the sandbox",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |ctx| {
             std::fs::read(&ctx.secret_file)
@@ -208,12 +217,14 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "read the broker's state dir",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |ctx| open_path(&ctx.state_dir, libc::O_RDONLY | libc::O_DIRECTORY),
     },
     Attempt {
         name: "create a file",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |ctx| {
             open_path(
@@ -225,6 +236,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "execve /bin/sh",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |_| {
             let sh = c"/bin/sh";
@@ -244,6 +256,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "fork a process",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         run: |_| {
             // SAFETY: fork(2); the child leaves at once with _exit, touching nothing.
@@ -258,18 +271,21 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "socket(AF_INET)",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         run: |_| new_socket(libc::AF_INET, libc::SOCK_STREAM).map(drop),
     },
     Attempt {
         name: "socket(AF_UNIX)",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         run: |_| new_socket(libc::AF_UNIX, libc::SOCK_STREAM).map(drop),
     },
     Attempt {
         name: "connect to 127.0.0.1 with a new socket",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         run: |ctx| {
             connect_fd(
@@ -281,12 +297,14 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "bind a new socket",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         run: |_| bind_fd(new_socket(libc::AF_INET, libc::SOCK_DGRAM)?),
     },
     Attempt {
         name: "connect to 127.0.0.1 with a handed TCP socket",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: net_only,
         run: |ctx| {
             connect_fd(
@@ -298,18 +316,21 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "bind a handed TCP socket",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: net_only,
         run: |ctx| bind_fd(ctx.handed_tcp.ok_or("no handed TCP socket")?),
     },
     Attempt {
         name: "bind a handed UDP socket",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: net_only,
         run: |ctx| bind_fd(ctx.handed_udp.ok_or("no handed UDP socket")?),
     },
     Attempt {
         name: "ptrace the broker",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |ctx| {
             // SAFETY: ptrace(2) with integer arguments and null pointers.
@@ -327,6 +348,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "route SIGIO to the broker (fcntl F_SETOWN)",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         // Setting another process as owner of our stderr pipe would let I/O on it signal that
         // process; stderr is always open.
@@ -336,6 +358,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "kill the broker",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         // SIGCONT: harmless to a running parent, yet subject to every permission check.
         // SAFETY: kill(2) takes integers only.
@@ -344,6 +367,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "process_vm_readv on the broker",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |ctx| {
             let mut byte = 0u8;
@@ -363,6 +387,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "pidfd_open the broker",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         // SAFETY: pidfd_open(2) takes integers only.
         run: |ctx| outcome(unsafe { libc::syscall(libc::SYS_pidfd_open, ctx.broker_pid, 0) }),
@@ -370,18 +395,21 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "open a device node (/dev/null)",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |_| open_path(Path::new("/dev/null"), libc::O_RDWR),
     },
     Attempt {
         name: "open a device node (/dev/kmsg)",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |_| open_path(Path::new("/dev/kmsg"), libc::O_RDONLY),
     },
     Attempt {
         name: "io_uring_setup",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         run: |_| {
             let mut params = [0u8; 120];
@@ -392,6 +420,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "memfd_create",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         // SAFETY: memfd_create(2) with a constant name.
         run: |_| outcome(unsafe { libc::memfd_create(c"x".as_ptr(), libc::MFD_CLOEXEC) }.into()),
@@ -399,6 +428,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "unshare a new user namespace (escape)",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         // SAFETY: unshare(2) takes a flag word only.
         run: |_| outcome(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into()),
@@ -406,6 +436,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "mount a tmpfs",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |ctx| {
             let target = path_c(&ctx.scratch_dir)?;
@@ -425,6 +456,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "chroot",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         // SAFETY: chroot(2) with a constant path.
         run: |_| outcome(unsafe { libc::chroot(c"/".as_ptr()) }.into()),
@@ -432,6 +464,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "setuid(0)",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         // SAFETY: setuid(2) takes an integer only. Raw syscall: glibc's wrapper signals every thread.
         run: |_| outcome(unsafe { libc::syscall(libc::SYS_setuid, 0) }),
@@ -439,6 +472,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "bpf(BPF_MAP_CREATE)",
         expect_allowed: false,
+        beneath_seccomp: true,
         applies: always,
         run: |_| {
             let mut attr = [0u8; 128];
@@ -453,6 +487,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "perf_event_open",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         run: |_| {
             let mut attr = [0u8; 128];
@@ -467,6 +502,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "userfaultfd",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         // SAFETY: userfaultfd(2) takes a flag word only.
         run: |_| outcome(unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) }),
@@ -474,6 +510,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "keyctl (join a session keyring)",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         // SAFETY: keyctl(2) KEYCTL_JOIN_SESSION_KEYRING (1) with a null name.
         run: |_| outcome(unsafe { libc::syscall(libc::SYS_keyctl, 1, std::ptr::null::<u8>()) }),
@@ -481,6 +518,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "personality(READ_IMPLIES_EXEC)",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: always,
         // SAFETY: personality(2) takes an integer only.
         run: |_| outcome(unsafe { libc::personality(0x0400000) }.into()),
@@ -488,6 +526,7 @@ const ATTEMPTS: &[Attempt] = &[
     Attempt {
         name: "map executable memory",
         expect_allowed: false,
+        beneath_seccomp: false,
         applies: |p| p.kind != WorkerKind::Encode,
         run: |_| {
             // SAFETY: an anonymous mapping we never touch; unmapped at once if it succeeds.
@@ -522,7 +561,12 @@ pub fn run_attempt(policy: &Policy, args: &[String]) -> ! {
         std::process::exit(EXIT_SETUP_FAILED);
     };
     let ctx = Context::from_args(&args[1..]);
-    if let Err(e) = lockdown(policy, &Options::default()) {
+    let layers = if args.iter().any(|a| a == WITHOUT_SECCOMP_ARG) {
+        Layers::AllButSeccomp
+    } else {
+        Layers::All
+    };
+    if let Err(e) = lockdown_layers(policy, &Options::default(), layers) {
         eprintln!("selftest child: lock-down failed: {e}");
         std::process::exit(EXIT_SETUP_FAILED);
     }
@@ -669,47 +713,59 @@ pub fn run(policy: &Policy, args: &[String]) -> i32 {
     );
 
     let (mut total, mut denied, mut allowed, mut failures) = (0, 0, 0, 0);
-    for attempt in ATTEMPTS.iter().filter(|a| (a.applies)(policy)) {
-        let mut cmd = Command::new(&exe);
-        cmd.arg(ATTEMPT_FLAG)
-            .arg(attempt.name)
-            .args(fixture.ctx.to_args())
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if as_root {
-            cmd.uid(UNPRIVILEGED_ID).gid(UNPRIVILEGED_ID);
+    for pass in [Layers::All, Layers::AllButSeccomp] {
+        if pass == Layers::AllButSeccomp {
+            println!("-- again with every layer but seccomp: the layers beneath must hold on their own --");
         }
-        total += 1;
-        let output = match cmd.output() {
-            Ok(o) => o,
-            Err(e) => {
-                println!("FAIL could not start the attempt {:?}: {e}", attempt.name);
-                failures += 1;
-                continue;
+        for attempt in ATTEMPTS
+            .iter()
+            .filter(|a| (a.applies)(policy))
+            .filter(|a| pass == Layers::All || a.beneath_seccomp || a.expect_allowed)
+        {
+            let mut cmd = Command::new(&exe);
+            cmd.arg(ATTEMPT_FLAG)
+                .arg(attempt.name)
+                .args(fixture.ctx.to_args());
+            if pass == Layers::AllButSeccomp {
+                cmd.arg(WITHOUT_SECCOMP_ARG);
             }
-        };
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let (succeeded, how) = verdict(output.status, &stderr);
-        let setup_failed = how.starts_with("SETUP FAILED");
-        match (attempt.expect_allowed, succeeded) {
-            (false, false) if !setup_failed => {
-                denied += 1;
-                println!("PASS denied  {}: {how}", attempt.name);
+            cmd.env_clear()
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if as_root {
+                cmd.uid(UNPRIVILEGED_ID).gid(UNPRIVILEGED_ID);
             }
-            (true, true) => {
-                allowed += 1;
-                println!("PASS allowed {}", attempt.name);
-            }
-            (false, true) => {
-                allowed += 1;
-                failures += 1;
-                println!("FAIL allowed {}", attempt.name);
-            }
-            _ => {
-                failures += 1;
-                println!("FAIL {}: {how}", attempt.name);
+            total += 1;
+            let output = match cmd.output() {
+                Ok(o) => o,
+                Err(e) => {
+                    println!("FAIL could not start the attempt {:?}: {e}", attempt.name);
+                    failures += 1;
+                    continue;
+                }
+            };
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let (succeeded, how) = verdict(output.status, &stderr);
+            let setup_failed = how.starts_with("SETUP FAILED");
+            match (attempt.expect_allowed, succeeded) {
+                (false, false) if !setup_failed => {
+                    denied += 1;
+                    println!("PASS denied  {}: {how}", attempt.name);
+                }
+                (true, true) => {
+                    allowed += 1;
+                    println!("PASS allowed {}", attempt.name);
+                }
+                (false, true) => {
+                    allowed += 1;
+                    failures += 1;
+                    println!("FAIL allowed {}", attempt.name);
+                }
+                _ => {
+                    failures += 1;
+                    println!("FAIL {}: {how}", attempt.name);
+                }
             }
         }
     }
