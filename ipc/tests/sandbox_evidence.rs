@@ -209,6 +209,17 @@ fn kernel_evidence(kind: WorkerKind) {
         assert_eq!(report.net_ns, want_net_ns, "{kind:?}: {report:?}");
     }
 
+    // The report claims a pid namespace only if the kernel agrees.
+    let our_pid_ns = std::fs::read_link("/proc/self/ns/pid").expect("own pidns");
+    if let Ok(their_pid_ns) = std::fs::read_link(format!("/proc/{pid}/ns/pid")) {
+        assert_eq!(
+            report.pid_ns == Layer::On,
+            their_pid_ns != our_pid_ns,
+            "{kind:?}: report says pid_ns {:?}, kernel says {their_pid_ns:?} (ours {our_pid_ns:?})",
+            report.pid_ns
+        );
+    }
+
     // Network namespace: everyone but net gets its own (when the system allows namespaces).
     let ours = std::fs::read_link("/proc/self/ns/net").expect("own netns");
     match std::fs::read_link(format!("/proc/{pid}/ns/net")) {

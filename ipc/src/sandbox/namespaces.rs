@@ -44,7 +44,17 @@ pub fn enter(policy: &Policy, report: &mut SandboxReport) {
         return;
     }
     report.user_ns = Layer::On;
-    report.pid_ns = Layer::On;
+    // unshare(CLONE_NEWPID) moves only the children a process creates into the new pid namespace,
+    // never the process itself, and a worker creates none: the worker keeps its host pid namespace,
+    // and saying otherwise would be false. What stands in for it: no /proc in the empty root, and
+    // seccomp plus Landlock's signal scope against signalling, tracing or reading any other pid.
+    report.pid_ns = Layer::Unavailable;
+    report.notes.push(
+        "pid namespace: the worker itself stays in the host's (a new one would hold only children, \
+         and workers have none); no /proc is mounted, and seccomp and Landlock keep it from \
+         signalling or tracing other processes"
+            .into(),
+    );
     report.ipc_ns = Layer::On;
     report.net_ns = if policy.own_network_namespace {
         Layer::On
