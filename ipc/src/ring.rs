@@ -786,6 +786,22 @@ impl Consumer {
         if self.has_data()? {
             return Ok(true);
         }
+        if timeout.is_none() {
+            // One system call instead of poll + read when the doorbell is blocking (as the broker
+            // makes it); a non-blocking doorbell answers EAGAIN and takes the poll path below.
+            let mut buf = [0u8; 8];
+            match rustix::io::read(&self.doorbell, &mut buf) {
+                Ok(_) => return Ok(true),
+                Err(Errno::AGAIN) => {}
+                Err(Errno::INTR) => return Ok(self.has_data()?),
+                Err(errno) => {
+                    return Err(RingError::Sys {
+                        op: "eventfd read",
+                        errno,
+                    })
+                }
+            }
+        }
         let timespec = timeout.map(|t| rustix::time::Timespec {
             tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
             tv_nsec: i64::from(t.subsec_nanos()),
