@@ -259,7 +259,7 @@ impl Mapping {
 
     /// The header atomic at `off` (a multiple of 8 below `HEADER_LEN`, a crate constant).
     fn atomic(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= HEADER_LEN);
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= HEADER_LEN);
         // SAFETY: `off` is one of the header constants, 8-aligned (the mapping is page-aligned) and
         // inside the mapping; AtomicU64 tolerates concurrent writes by the peer; the reference
         // lives no longer than `self`, which keeps the mapping alive.
@@ -694,6 +694,8 @@ impl Consumer {
     }
 
     /// The next record, without blocking; `None` when the ring is empty.
+    // Not an Iterator: the view borrows the consumer mutably and the result is fallible.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<RecordView<'_>>, RingError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
@@ -793,7 +795,7 @@ impl Consumer {
             match rustix::io::read(&self.doorbell, &mut buf) {
                 Ok(_) => return Ok(true),
                 Err(Errno::AGAIN) => {}
-                Err(Errno::INTR) => return Ok(self.has_data()?),
+                Err(Errno::INTR) => return self.has_data(),
                 Err(errno) => {
                     return Err(RingError::Sys {
                         op: "eventfd read",
@@ -807,13 +809,11 @@ impl Consumer {
             tv_nsec: i64::from(t.subsec_nanos()),
         });
         let mut fds = [PollFd::new(&self.doorbell, PollFlags::IN)];
-        let ready = loop {
-            match poll(&mut fds, timespec.as_ref()) {
-                Ok(n) => break n > 0,
-                // A signal: report "maybe" and let the caller re-check; never loop unboundedly.
-                Err(Errno::INTR) => break false,
-                Err(errno) => return Err(RingError::Sys { op: "poll", errno }),
-            }
+        let ready = match poll(&mut fds, timespec.as_ref()) {
+            Ok(n) => n > 0,
+            // A signal: report "maybe" and let the caller re-check.
+            Err(Errno::INTR) => false,
+            Err(errno) => return Err(RingError::Sys { op: "poll", errno }),
         };
         if ready {
             let mut buf = [0u8; 8];

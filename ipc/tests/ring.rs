@@ -186,7 +186,7 @@ fn ring_survives_hostile_peer_scribbling() {
         let mut n = 0u32;
         while !stop_w.load(Ordering::Relaxed) && n < 200_000 {
             n += 1;
-            if n % 500 == 0 {
+            if n.is_multiple_of(500) {
                 // A new honest phase: restore the header (indices reset) so valid records flow
                 // again and the consumer's re-attach succeeds.
                 rustix::io::pwrite(&memfd, &good_header, 0).unwrap();
