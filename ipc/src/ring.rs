@@ -247,7 +247,9 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
+                // Populated up front: the whole ring is resident from the start, so no record on the
+                // per-frame path pays a first-touch page fault.
+                MapFlags::SHARED | MapFlags::POPULATE,
                 fd,
                 0,
             )
