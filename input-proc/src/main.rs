@@ -2,20 +2,8 @@
 
 mod seccomp;
 
-use std::process::ExitCode;
-
-use lumen_ipc::worker;
-
-fn main() -> ExitCode {
-    let started = match worker::start(&seccomp::policy()) {
-        Ok(started) => started,
-        Err(e) => {
-            eprintln!("lumen-input: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let status = worker::serve(started.channel, "lumen-input", |msg, _fds| {
+fn main() -> std::process::ExitCode {
+    lumen_ipc::worker::run(&seccomp::policy(), |msg, _fds| {
         Err(format!("unexpected message {msg:?}"))
-    });
-    ExitCode::from(u8::try_from(status).unwrap_or(1))
+    })
 }

@@ -390,6 +390,11 @@ impl Producer {
     ) -> Result<Self, RingError> {
         let (map, capacity) = attach_map(&memfd, expected_generation)?;
         let write = map.atomic(OFF_WRITE).load(Ordering::Acquire);
+        if write % 8 != 0 {
+            // Every record position derives from this index: a misaligned one would make each
+            // record header write unaligned.
+            return Err(corrupt("write index is not 8-byte aligned"));
+        }
         let dropped = map.atomic(OFF_DROPPED).load(Ordering::Relaxed);
         let producer = Self {
             map,
@@ -625,6 +630,11 @@ impl Consumer {
     ) -> Result<Self, RingError> {
         let (map, capacity) = attach_map(&memfd, expected_generation)?;
         let read = map.atomic(OFF_READ).load(Ordering::Acquire);
+        if read % 8 != 0 {
+            // Record positions derive from this index (and `avail` is checked for alignment only
+            // relative to it).
+            return Err(corrupt("read index is not 8-byte aligned"));
+        }
         let consumer = Self {
             map,
             doorbell,
@@ -1052,6 +1062,25 @@ mod tests {
         c.map.atomic(OFF_READ).store(64, Ordering::Release);
         assert!(matches!(
             p.push(&meta(0), b"x"),
+            Err(RingError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn attach_refuses_misaligned_indices() {
+        let fds = create_ring("test", 4096, 7).unwrap();
+        let memfd2 = fds.memfd.try_clone().unwrap();
+        let c = Consumer::attach(memfd2, fds.doorbell.try_clone().unwrap(), 7).unwrap();
+        c.map.atomic(OFF_WRITE).store(3, Ordering::Release);
+        c.map.atomic(OFF_READ).store(3, Ordering::Release);
+        let memfd3 = fds.memfd.try_clone().unwrap();
+        let bell3 = fds.doorbell.try_clone().unwrap();
+        assert!(matches!(
+            Producer::attach(fds.memfd, fds.doorbell, 7),
+            Err(RingError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            Consumer::attach(memfd3, bell3, 7),
             Err(RingError::Corrupt { .. })
         ));
     }

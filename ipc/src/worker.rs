@@ -149,6 +149,22 @@ pub fn serve(
     }
 }
 
+/// A worker's whole `main`: [`start`], then [`serve`] with `handle`; returns the exit status.
+pub fn run(
+    policy: &Policy,
+    handle: impl FnMut(BrokerMsg, Vec<OwnedFd>) -> HandlerResult,
+) -> std::process::ExitCode {
+    let binary = policy.kind.binary_name();
+    let status = match start(policy) {
+        Ok(started) => serve(started.channel, binary, handle),
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            1
+        }
+    };
+    std::process::ExitCode::from(u8::try_from(status).unwrap_or(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,21 +5,12 @@
 mod seccomp;
 mod sockets;
 
-use std::process::ExitCode;
-
 use lumen_ipc::msg::BrokerMsg;
-use lumen_ipc::worker;
 
-fn main() -> ExitCode {
-    let started = match worker::start(&seccomp::policy()) {
-        Ok(started) => started,
-        Err(e) => {
-            eprintln!("lumen-net: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+fn main() -> std::process::ExitCode {
+    // The LAN sockets are held until the worker ends; the broker keeps its own dups for the next one.
     let mut lan = None;
-    let status = worker::serve(started.channel, "lumen-net", |msg, fds| match msg {
+    lumen_ipc::worker::run(&seccomp::policy(), |msg, fds| match msg {
         BrokerMsg::NetSockets { roles } => {
             let sockets = sockets::LanSockets::take(&roles, fds)?;
             eprintln!("lumen-net: holding {} LAN sockets", sockets.len());
@@ -27,8 +18,5 @@ fn main() -> ExitCode {
             Ok(())
         }
         other => Err(format!("unexpected message {other:?}")),
-    });
-    // The sockets are held until the worker ends; the broker keeps its own dups for the next one.
-    drop(lan);
-    ExitCode::from(u8::try_from(status).unwrap_or(1))
+    })
 }
