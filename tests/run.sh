@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# As root, the broker runs its workers as uid 65534, which must be able to reach the binaries. A checkout
+# under a private directory (e.g. /root) is not reachable for it: build somewhere it is.
+if [ "$(id -u)" -eq 0 ] && [ -z "${CARGO_TARGET_DIR:-}" ] \
+    && ! setpriv --reuid=65534 --regid=65534 --clear-groups test -x "$PWD"; then
+    export CARGO_TARGET_DIR=/var/tmp/lumen-target
+    mkdir -p "$CARGO_TARGET_DIR" && chmod 755 "$CARGO_TARGET_DIR"
+    echo "tests/run.sh: $PWD is not reachable by uid 65534; building in $CARGO_TARGET_DIR"
+fi
+
 # The whole-system tests start the real binaries (broker and the four workers), so build them first.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${LUMEN_TEST_THREADS:-2}"
