@@ -4,43 +4,9 @@
 use lumen_core::fec::{recover, Encoder, Kernel};
 use proptest::prelude::*;
 
-fn gf_mul(a: u8, b: u8) -> u8 {
-    let (mut a, mut b, mut p) = (u16::from(a), b, 0u16);
-    while b != 0 {
-        if b & 1 == 1 {
-            p ^= a;
-        }
-        a <<= 1;
-        if a & 0x100 != 0 {
-            a ^= 0x11D;
-        }
-        b >>= 1;
-    }
-    p as u8
-}
+mod reference;
 
-fn gf_inv(a: u8) -> u8 {
-    (1..=255u8)
-        .find(|&x| gf_mul(a, x) == 1)
-        .expect("nonzero element")
-}
-
-fn naive_parity(data: &[Vec<u8>], p: usize) -> Vec<Vec<u8>> {
-    let inv: Vec<u8> = (0..=255u8)
-        .map(|a| if a == 0 { 0 } else { gf_inv(a) })
-        .collect();
-    (0..p)
-        .map(|j| {
-            (0..data[0].len())
-                .map(|k| {
-                    data.iter().enumerate().fold(0u8, |acc, (i, s)| {
-                        acc ^ gf_mul(inv[usize::from(((p + i) ^ j) as u8)], s[k])
-                    })
-                })
-                .collect()
-        })
-        .collect()
-}
+use reference::naive_parity;
 
 /// A block shape with D + P ≤ 255, and data for it.
 fn block() -> impl Strategy<Value = (usize, Vec<Vec<u8>>)> {
