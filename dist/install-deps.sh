@@ -21,5 +21,13 @@ packages=(
 )
 
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${packages[@]}"
+# A mirror hiccup should not fail a fresh machine's setup: retry a few times.
+for attempt in 1 2 3; do
+    if apt-get update -qq && apt-get install -y -qq --no-install-recommends "${packages[@]}"; then
+        exit 0
+    fi
+    echo "install-deps: attempt $attempt failed; retrying" >&2
+    sleep $((attempt * 5))
+done
+echo "install-deps: could not install the packages lumen needs" >&2
+exit 1
