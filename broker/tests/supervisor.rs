@@ -119,6 +119,8 @@ fn quick_policy() -> RestartPolicy {
         crash_loop_failures: 5,
         crash_loop_window: Duration::from_secs(60),
         ready_timeout: Duration::from_secs(5),
+        ping_interval: Duration::from_secs(2),
+        ping_timeout: Duration::from_secs(10),
     }
 }
 
@@ -687,6 +689,46 @@ async fn shutdown_meets_its_deadline_even_when_a_worker_ignores_it() {
     let again = Instant::now();
     supervisor.shutdown(deadline).await;
     assert!(again.elapsed() < Duration::from_millis(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_that_answers_no_ping_is_killed_and_restarted() {
+    init_logs();
+    let policy = RestartPolicy {
+        ping_interval: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(400),
+        ..quick_policy()
+    };
+    let supervisor = Supervisor::start_with(
+        vec![
+            // Ready, then never reads its channel again.
+            (
+                WorkerKind::Capture,
+                fake("ignore-shutdown", "capture", None),
+            ),
+            // Ready, and answers every ping.
+            (WorkerKind::Encode, fake("normal", "encode", None)),
+        ],
+        None,
+        policy,
+    )
+    .expect("start");
+    let status = wait_for(
+        &supervisor,
+        WorkerKind::Capture,
+        Duration::from_secs(10),
+        "the hung worker to be restarted",
+        |s| s.restarts >= 1,
+    )
+    .await;
+    let last = status.last_exit.unwrap_or_default();
+    assert!(last.contains("hung: no answer to a ping"), "{last}");
+    // The one that answers stays up, untouched.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let encode = status_of(&supervisor, WorkerKind::Encode);
+    assert_eq!(encode.restarts, 0, "{encode:?}");
+    assert_eq!(encode.state, "running");
+    supervisor.shutdown(Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

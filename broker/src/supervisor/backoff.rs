@@ -20,6 +20,10 @@ pub(crate) struct RestartPolicy {
     pub crash_loop_window: Duration,
     /// How long a new worker has to send `Ready` before it is killed (a failed start).
     pub ready_timeout: Duration,
+    /// How often a running worker is pinged.
+    pub ping_interval: Duration,
+    /// A worker that leaves a ping unanswered this long is hung: it is killed and restarted.
+    pub ping_timeout: Duration,
 }
 
 impl Default for RestartPolicy {
@@ -31,6 +35,8 @@ impl Default for RestartPolicy {
             crash_loop_failures: 5,
             crash_loop_window: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(2),
+            ping_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -122,6 +122,14 @@ pub(super) struct Slot {
 }
 
 /// One running worker instance.
+/// The liveness check of a running worker: one ping outstanding at a time.
+#[derive(Debug, Default)]
+struct Liveness {
+    next_seq: u64,
+    /// The ping in flight and when it was sent.
+    outstanding: Option<(u64, Instant)>,
+}
+
 struct Instance {
     pid: u32,
     pidfd: AsyncFd<Arc<OwnedFd>>,
@@ -281,6 +289,9 @@ impl Slot {
         let ready_timer = tokio::time::sleep(self.policy.ready_timeout);
         tokio::pin!(ready_timer);
         let mut closed_grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut ping_timer = tokio::time::interval(self.policy.ping_interval);
+        ping_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut liveness = Liveness::default();
 
         let status = loop {
             tokio::select! {
@@ -320,9 +331,12 @@ impl Slot {
                     tracing::warn!(worker = self.name, pid = instance.pid, "closed its control channel but did not exit; killing it");
                     instance.kill("closed its control channel".into());
                 }
+                _ = ping_timer.tick(), if instance.ready_at.is_some() && instance.killed.is_none() => {
+                    self.check_liveness(&mut instance, &mut liveness);
+                }
                 guard = channel_readable(&mut instance.channel) => {
                     let verdict = match guard {
-                        Ok(guard) => self.read_messages(guard, &mut instance.ready_at, instance.pid, waiting),
+                        Ok(guard) => self.read_messages(guard, &mut instance.ready_at, instance.pid, waiting, &mut liveness),
                         Err(e) => ChannelVerdict::Kill(format!("control channel failed: {e}")),
                     };
                     match verdict {
@@ -423,6 +437,38 @@ impl Slot {
         }
     }
 
+    /// Pings a running worker, or kills it when the last ping went unanswered too long: a worker
+    /// that hangs without dying is as broken as a dead one.
+    fn check_liveness(&self, instance: &mut Instance, liveness: &mut Liveness) {
+        match liveness.outstanding {
+            Some((seq, sent)) if sent.elapsed() >= self.policy.ping_timeout => {
+                tracing::warn!(
+                    worker = self.name,
+                    pid = instance.pid,
+                    "no answer to ping {seq} within {:?}; killing it",
+                    self.policy.ping_timeout
+                );
+                instance.kill(format!(
+                    "hung: no answer to a ping within {:?}",
+                    self.policy.ping_timeout
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let Some(channel) = &instance.channel else {
+                    return;
+                };
+                let seq = liveness.next_seq;
+                liveness.next_seq += 1;
+                // A full socket buffer (the worker is not reading) counts as unanswered too.
+                if let Err(e) = channel.get_ref().send(&BrokerMsg::Ping { seq }, &[]) {
+                    tracing::debug!(worker = self.name, pid = instance.pid, "ping {seq}: {e}");
+                }
+                liveness.outstanding = Some((seq, Instant::now()));
+            }
+        }
+    }
+
     /// Reads every waiting message and acts on it.
     fn read_messages(
         &self,
@@ -430,6 +476,7 @@ impl Slot {
         ready_at: &mut Option<Instant>,
         pid: u32,
         waiting: &mut Vec<RecycleReply>,
+        liveness: &mut Liveness,
     ) -> ChannelVerdict {
         // A bounded batch: a worker that sends without pause must not hold this task (and the
         // runtime thread) forever; the rest is read on the next turn of the event loop.
@@ -499,7 +546,13 @@ impl Slot {
                         let _ = reply.send(Ok(()));
                     }
                 }
-                WorkerMsg::Pong { seq } => tracing::debug!(worker = self.name, pid, seq, "pong"),
+                WorkerMsg::Pong { seq } => {
+                    // Only the answer to the ping in flight counts; a stray Pong proves nothing.
+                    if liveness.outstanding.is_some_and(|(s, _)| s == seq) {
+                        liveness.outstanding = None;
+                    }
+                    tracing::trace!(worker = self.name, pid, seq, "pong");
+                }
                 WorkerMsg::Error { message } => {
                     let shown: String = message.chars().take(MAX_LOGGED_ERROR).collect();
                     tracing::warn!(
@@ -656,7 +709,13 @@ mod tests {
         let mut broker = watch_channel(broker).expect("register");
         let verdict = {
             let guard = broker.readable_mut().await.expect("readable");
-            slot.read_messages(guard, ready_at, 1, &mut Vec::new())
+            slot.read_messages(
+                guard,
+                ready_at,
+                1,
+                &mut Vec::new(),
+                &mut Liveness::default(),
+            )
         };
         (verdict, broker, worker)
     }
