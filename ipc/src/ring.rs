@@ -296,7 +296,15 @@ impl Drop for Mapping {
 }
 
 /// Checks the fd kind, seals, size and header; returns the mapping and capacity.
-fn attach_map(memfd: &OwnedFd, expected_generation: u64) -> Result<(Mapping, usize), RingError> {
+/// Checks both fds a ring side receives and maps the ring; shared by producer and consumer.
+fn attach_map(
+    memfd: &OwnedFd,
+    doorbell: &OwnedFd,
+    expected_generation: u64,
+) -> Result<(Mapping, usize), RingError> {
+    crate::fdcheck::expect_eventfd(doorbell.as_fd()).map_err(|_| RingError::BadFd {
+        what: "doorbell is not an eventfd",
+    })?;
     let seals = fcntl_get_seals(memfd).map_err(|_| RingError::BadFd {
         what: "not a memfd (F_GET_SEALS failed)",
     })?;
@@ -337,6 +345,16 @@ fn attach_map(memfd: &OwnedFd, expected_generation: u64) -> Result<(Mapping, usi
     }
     if map.atomic(OFF_CAPACITY).load(Ordering::Relaxed) != capacity as u64 {
         return Err(corrupt("header capacity differs from the memfd size"));
+    }
+    // Every record position derives from these indices: misaligned ones would make record header
+    // accesses unaligned on either side.
+    for (off, what) in [
+        (OFF_WRITE, "write index is not 8-byte aligned"),
+        (OFF_READ, "read index is not 8-byte aligned"),
+    ] {
+        if map.atomic(off).load(Ordering::Acquire) % 8 != 0 {
+            return Err(corrupt(what));
+        }
     }
     Ok((map, capacity))
 }
@@ -388,13 +406,8 @@ impl Producer {
         doorbell: OwnedFd,
         expected_generation: u64,
     ) -> Result<Self, RingError> {
-        let (map, capacity) = attach_map(&memfd, expected_generation)?;
+        let (map, capacity) = attach_map(&memfd, &doorbell, expected_generation)?;
         let write = map.atomic(OFF_WRITE).load(Ordering::Acquire);
-        if write % 8 != 0 {
-            // Every record position derives from this index: a misaligned one would make each
-            // record header write unaligned.
-            return Err(corrupt("write index is not 8-byte aligned"));
-        }
         let dropped = map.atomic(OFF_DROPPED).load(Ordering::Relaxed);
         let producer = Self {
             map,
@@ -628,13 +641,8 @@ impl Consumer {
         doorbell: OwnedFd,
         expected_generation: u64,
     ) -> Result<Self, RingError> {
-        let (map, capacity) = attach_map(&memfd, expected_generation)?;
+        let (map, capacity) = attach_map(&memfd, &doorbell, expected_generation)?;
         let read = map.atomic(OFF_READ).load(Ordering::Acquire);
-        if read % 8 != 0 {
-            // Record positions derive from this index (and `avail` is checked for alignment only
-            // relative to it).
-            return Err(corrupt("read index is not 8-byte aligned"));
-        }
         let consumer = Self {
             map,
             doorbell,
@@ -1082,6 +1090,16 @@ mod tests {
         assert!(matches!(
             Consumer::attach(memfd3, bell3, 7),
             Err(RingError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn attach_refuses_a_doorbell_that_is_not_an_eventfd() {
+        let fds = create_ring("test", 4096, 7).unwrap();
+        let not_a_bell = fds.memfd.try_clone().unwrap();
+        assert!(matches!(
+            Consumer::attach(fds.memfd, not_a_bell, 7),
+            Err(RingError::BadFd { .. })
         ));
     }
 

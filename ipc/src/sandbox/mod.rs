@@ -148,24 +148,3 @@ pub(crate) fn lockdown_layers(
 
     Ok(report)
 }
-
-/// True when every layer the policy wants is in force (`On` or `NotInProfile`).
-pub fn fully_sandboxed(report: &SandboxReport) -> bool {
-    [
-        report.no_new_privs,
-        report.capabilities_dropped,
-        report.rlimits,
-        report.not_dumpable,
-        report.user_ns,
-        report.mount_ns,
-        report.pid_ns,
-        report.ipc_ns,
-        report.net_ns,
-        report.landlock_fs,
-        report.landlock_net,
-        report.landlock_scope,
-        report.seccomp,
-    ]
-    .iter()
-    .all(|l| matches!(l, Layer::On | Layer::NotInProfile))
-}
