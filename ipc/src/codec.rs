@@ -102,6 +102,9 @@ pub fn decode<M: DeserializeOwned>(bytes: &[u8]) -> Result<M, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::{
+        AudioLayout, CaptureSource, FramePoolSpec, MediaStats, SessionParams, VideoCodec,
+    };
     use crate::msg::{BrokerMsg, Layer, SandboxReport, SocketRole, WorkerKind, WorkerMsg};
     use proptest::prelude::*;
 
@@ -126,6 +129,25 @@ mod tests {
         }
     }
 
+    fn session() -> SessionParams {
+        SessionParams {
+            width: 1920,
+            height: 1080,
+            fps: 60,
+            bitrate_kbps: 20_000,
+            codec: VideoCodec::Hevc,
+            audio: AudioLayout::Surround51,
+            audio_packet_ms: 5,
+        }
+    }
+
+    fn pool() -> FramePoolSpec {
+        FramePoolSpec {
+            slots: 4,
+            slot_bytes: 8 << 20,
+        }
+    }
+
     /// One value of every message variant, so a new variant shows up here as a compile error
     /// in the exhaustive matches below.
     fn broker_msgs() -> Vec<BrokerMsg> {
@@ -142,10 +164,36 @@ mod tests {
                 ],
             },
             BrokerMsg::Shutdown,
+            BrokerMsg::StartCapture {
+                params: session(),
+                pool: pool(),
+                source: CaptureSource::PipeWire {
+                    video_node: "test-src".into(),
+                    audio_node: None,
+                },
+                generation: 3,
+            },
+            BrokerMsg::StartCapture {
+                params: session(),
+                pool: pool(),
+                source: CaptureSource::TestPattern,
+                generation: 4,
+            },
+            BrokerMsg::StartEncode {
+                params: session(),
+                pool: pool(),
+                generation: 5,
+            },
+            BrokerMsg::StopSession,
         ];
         for m in &all {
             match m {
-                BrokerMsg::Ping { .. } | BrokerMsg::NetSockets { .. } | BrokerMsg::Shutdown => {}
+                BrokerMsg::Ping { .. }
+                | BrokerMsg::NetSockets { .. }
+                | BrokerMsg::Shutdown
+                | BrokerMsg::StartCapture { .. }
+                | BrokerMsg::StartEncode { .. }
+                | BrokerMsg::StopSession => {}
             }
         }
         all
@@ -163,9 +211,29 @@ mod tests {
         all.push(WorkerMsg::Error {
             message: "refused a malformed message".into(),
         });
+        all.push(WorkerMsg::SessionStarted { generation: 9 });
+        all.push(WorkerMsg::SessionFailed {
+            generation: 9,
+            message: "no hevc encoder".into(),
+        });
+        all.push(WorkerMsg::SessionStats {
+            generation: 9,
+            stats: MediaStats {
+                frames: 600,
+                dropped: 1,
+                repeated: 2,
+                audio_packets: 2000,
+                component: "libx264".into(),
+            },
+        });
         for m in &all {
             match m {
-                WorkerMsg::Ready { .. } | WorkerMsg::Pong { .. } | WorkerMsg::Error { .. } => {}
+                WorkerMsg::Ready { .. }
+                | WorkerMsg::Pong { .. }
+                | WorkerMsg::Error { .. }
+                | WorkerMsg::SessionStarted { .. }
+                | WorkerMsg::SessionFailed { .. }
+                | WorkerMsg::SessionStats { .. } => {}
             }
         }
         all

@@ -8,6 +8,8 @@
 //! - [`channel`]: `SOCK_SEQPACKET` control channels that carry those messages and fds (`SCM_RIGHTS`);
 //! - [`fdcheck`]: checks of the kind of every fd received from a peer (memfd and its seals, eventfd,
 //!   socket, dmabuf) before it is used;
+//! - [`media`]: the session parameters and the messages capture, encode and the stream's consumer
+//!   exchange; [`frame_pool`]: the shared frame slots between capture and encode;
 //! - [`ring`]: single-producer single-consumer record rings in sealed memfds with eventfd doorbells;
 //! - [`sandbox`]: the one lock-down every worker enters before it reads an untrusted byte, and the
 //!   self-test that proves it;
@@ -19,6 +21,8 @@
 pub mod channel;
 pub mod codec;
 pub mod fdcheck;
+pub mod frame_pool;
+pub mod media;
 pub mod msg;
 pub mod ring;
 pub mod sandbox;

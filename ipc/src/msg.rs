@@ -7,8 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::media::{CaptureSource, FramePoolSpec, Generation, MediaStats, SessionParams};
+
 /// Version of the worker protocol; bumped on every incompatible change of a message here.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The fd number at which a worker finds its control channel to the broker after exec.
 pub const CHANNEL_FD: i32 = 3;
@@ -140,6 +142,28 @@ pub enum BrokerMsg {
     Ping { seq: u64 },
     /// The LAN sockets for `lumen-net`; the message carries one fd per role, in this order.
     NetSockets { roles: Vec<SocketRole> },
+    /// Start capturing for a session (`lumen-capture`). fds, in this order: the frame pool memfd
+    /// (read-write), capture's end of the capture↔encode channel, the PCM ring memfd and its
+    /// doorbell (capture produces), and, for [`CaptureSource::PipeWire`], the PipeWire remote.
+    /// Replaces any session in progress.
+    StartCapture {
+        params: SessionParams,
+        pool: FramePoolSpec,
+        source: CaptureSource,
+        generation: Generation,
+    },
+    /// Start encoding for a session (`lumen-encode`). fds, in this order: the frame pool memfd
+    /// (read-only), encode's end of the capture↔encode channel, the PCM ring memfd and doorbell
+    /// (encode consumes), the video ring memfd and doorbell, the audio ring memfd and doorbell
+    /// (encode produces both), and encode's end of the consumer→encode control channel.
+    /// Replaces any session in progress.
+    StartEncode {
+        params: SessionParams,
+        pool: FramePoolSpec,
+        generation: Generation,
+    },
+    /// End the session in progress, if any, and drop everything it held.
+    StopSession,
     /// Stop cleanly now.
     Shutdown,
 }
@@ -156,4 +180,17 @@ pub enum WorkerMsg {
     Pong { seq: u64 },
     /// A failure the worker reports (e.g. a malformed message it refused); it may keep running.
     Error { message: String },
+    /// The session (of `generation`) is running in this worker.
+    SessionStarted { generation: Generation },
+    /// The session (of `generation`) cannot run here, and why (a format the encoder cannot take, a
+    /// missing encoder, an unknown dmabuf modifier); the worker stays up and waits for the next one.
+    SessionFailed {
+        generation: Generation,
+        message: String,
+    },
+    /// Counters of the running session, about once a second.
+    SessionStats {
+        generation: Generation,
+        stats: MediaStats,
+    },
 }

@@ -562,6 +562,11 @@ impl Slot {
                         output::sanitize(shown.as_bytes())
                     );
                 }
+                WorkerMsg::SessionStarted { .. }
+                | WorkerMsg::SessionFailed { .. }
+                | WorkerMsg::SessionStats { .. } => {
+                    tracing::debug!(worker = self.name, pid, "session message {:?}", received.msg);
+                }
             }
         }
         ChannelVerdict::Fine
