@@ -42,5 +42,6 @@ pub fn policy() -> Policy {
         max_fds: 256,
         max_threads: 32,
         syscalls,
+        soft_denied: Vec::new(),
     }
 }

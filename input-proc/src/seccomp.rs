@@ -18,5 +18,6 @@ pub fn policy() -> Policy {
         max_fds: 256,
         max_threads: 4,
         syscalls,
+        soft_denied: Vec::new(),
     }
 }

@@ -130,6 +130,14 @@ impl Channel {
         Ok(Channel::new(fd))
     }
 
+    /// A second handle on the same socket (`dup`), e.g. for a thread that only sends: each
+    /// `SOCK_SEQPACKET` record is sent whole, so senders on several threads never interleave.
+    pub fn try_clone(&self) -> Result<Channel, ChannelError> {
+        let fd =
+            rustix::io::fcntl_dupfd_cloexec(&self.fd, 0).map_err(syscall("F_DUPFD_CLOEXEC"))?;
+        Ok(Channel::new(fd))
+    }
+
     /// Switches the socket between blocking and non-blocking mode (for use with a poller such as
     /// tokio's `AsyncFd`). In non-blocking mode [`Channel::recv`] fails with `EAGAIN` when empty;
     /// use [`Channel::try_recv`] there.

@@ -27,6 +27,8 @@ pub enum WorkerError {
     Channel(#[from] ChannelError),
     #[error("sandbox: {0}")]
     Sandbox(#[from] SandboxError),
+    #[error("preparing before lock-down: {0}")]
+    Prepare(String),
 }
 
 /// A worker that is locked down and has told the broker so.
@@ -79,6 +81,17 @@ fn take_channel() -> Result<Channel, WorkerError> {
 /// Starts a worker: runs the self-test and exits if asked to; otherwise takes the channel, locks down
 /// and sends `Ready`. Call it first thing in `main`, while the process is single-threaded.
 pub fn start(policy: &Policy) -> Result<Started, WorkerError> {
+    start_prepared(policy, || Ok(())).map(|(started, ())| started)
+}
+
+/// Like [`start`], but runs `prepare` before lock-down, while files can still be opened: the place
+/// to load codec and PipeWire plugins, read driver files, open a GPU. `prepare` must not read
+/// anything untrusted, and should leave no thread running (lock-down applies to every thread, but
+/// rlimits and namespaces are easiest to reason about single-threaded).
+pub fn start_prepared<P>(
+    policy: &Policy,
+    prepare: impl FnOnce() -> Result<P, String>,
+) -> Result<(Started, P), WorkerError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let binary = policy.kind.binary_name();
     match parse_mode(&args, binary)? {
@@ -86,6 +99,7 @@ pub fn start(policy: &Policy) -> Result<Started, WorkerError> {
         Mode::Attempt => selftest::run_attempt(policy, &args[1..]),
         Mode::Worker(options) => {
             let channel = take_channel()?;
+            let prepared = prepare().map_err(WorkerError::Prepare)?;
             let report = sandbox::lockdown(policy, &options)?;
             for note in &report.notes {
                 eprintln!("{binary}: sandbox: {note}");
@@ -97,7 +111,7 @@ pub fn start(policy: &Policy) -> Result<Started, WorkerError> {
                 },
                 &[],
             )?;
-            Ok(Started { channel, report })
+            Ok((Started { channel, report }, prepared))
         }
     }
 }
@@ -154,9 +168,29 @@ pub fn run(
     policy: &Policy,
     handle: impl FnMut(BrokerMsg, Vec<OwnedFd>) -> HandlerResult,
 ) -> std::process::ExitCode {
+    run_prepared(policy, || Ok(()), |(), _reports| handle)
+}
+
+/// A worker's whole `main` with a step before lock-down: [`start_prepared`] runs `prepare`, then
+/// `make_handler` turns what it prepared and a second handle on the control channel (for session
+/// reports sent from other threads: `SessionStarted`, `SessionStats`, ...) into the message
+/// handler, then [`serve`]. Returns the exit status.
+pub fn run_prepared<P, H>(
+    policy: &Policy,
+    prepare: impl FnOnce() -> Result<P, String>,
+    make_handler: impl FnOnce(P, Channel) -> H,
+) -> std::process::ExitCode
+where
+    H: FnMut(BrokerMsg, Vec<OwnedFd>) -> HandlerResult,
+{
     let binary = policy.kind.binary_name();
-    let status = match start(policy) {
-        Ok(started) => serve(started.channel, binary, handle),
+    let status = match start_prepared(policy, prepare).and_then(|(started, prepared)| {
+        let reports = started.channel.try_clone()?;
+        Ok((started, prepared, reports))
+    }) {
+        Ok((started, prepared, reports)) => {
+            serve(started.channel, binary, make_handler(prepared, reports))
+        }
         Err(e) => {
             eprintln!("{binary}: {e}");
             1

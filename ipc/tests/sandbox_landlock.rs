@@ -56,6 +56,7 @@ fn probe_policy() -> Policy {
         max_fds: 64,
         max_threads: 0,
         syscalls,
+        soft_denied: Vec::new(),
     }
 }
 

@@ -61,5 +61,6 @@ pub fn policy() -> Policy {
         max_fds: 1024,
         max_threads: 16,
         syscalls,
+        soft_denied: Vec::new(),
     }
 }

@@ -21,7 +21,7 @@ pub mod selftest;
 
 use crate::msg::{Layer, SandboxReport, WorkerKind};
 
-pub use seccomp::{ArgRule, SyscallRule};
+pub use seccomp::{ArgRule, SoftDenied, SyscallRule};
 
 /// What one worker's sandbox looks like; each worker binary defines its own next to its code.
 #[derive(Debug, Clone)]
@@ -37,6 +37,11 @@ pub struct Policy {
     pub max_threads: u64,
     /// The syscalls the worker may make, beyond none at all.
     pub syscalls: Vec<SyscallRule>,
+    /// Syscalls that fail with an errno instead of killing: for libraries that probe files
+    /// (`/proc/cpuinfo`, `/sys/devices/system/cpu`) and cope when they cannot. They still achieve
+    /// nothing (the mount namespace is empty and Landlock grants no file access); the errno only
+    /// spares the worker's life.
+    pub soft_denied: Vec<SoftDenied>,
 }
 
 /// The user's explicit opt-outs, passed by the broker as named command-line flags.

@@ -38,6 +38,16 @@ pub struct SyscallRule {
     pub why: &'static str,
 }
 
+/// A syscall that fails with `errno` instead of killing (see [`Policy::soft_denied`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SoftDenied {
+    pub nr: libc::c_long,
+    pub name: &'static str,
+    pub errno: i32,
+    /// Who makes it, and why failing it is harmless.
+    pub why: &'static str,
+}
+
 /// A condition on a syscall's arguments. All but [`ArgRule::Equals`] look at the low 32 bits, the
 /// `int` the kernel reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,6 +543,11 @@ pub fn allowlist_program(policy: &Policy, own_pid: u64) -> Result<BpfProgram, Sa
             None => {}
         }
     }
+    // Soft-denied syscalls pass the allowlist; a companion filter turns them into an errno (a
+    // filter's Trap would outrank the companion's Errno).
+    for soft in &policy.soft_denied {
+        table.insert(soft.nr, None);
+    }
     let rules: BTreeMap<i64, Vec<SeccompRule>> = table
         .into_iter()
         .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
@@ -549,20 +564,38 @@ pub fn allowlist_program(policy: &Policy, own_pid: u64) -> Result<BpfProgram, Sa
         .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
 }
 
-/// The companion filter: `clone3` → ENOSYS, everything else passes on to the allowlist.
-fn clone3_program() -> Result<BpfProgram, SandboxError> {
-    let mut rules = BTreeMap::new();
-    rules.insert(libc::SYS_clone3, Vec::new());
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        target_arch()?,
-    )
-    .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+/// The companion filters: `clone3` → ENOSYS, and each soft-denied syscall → its errno (one filter
+/// per errno); everything else passes on to the allowlist.
+pub fn companion_programs(policy: &Policy) -> Result<Vec<BpfProgram>, SandboxError> {
+    let mut by_errno: BTreeMap<i32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
+    by_errno
+        .entry(libc::ENOSYS)
+        .or_default()
+        .insert(libc::SYS_clone3, Vec::new());
+    for soft in &policy.soft_denied {
+        if soft.nr == libc::SYS_clone3 {
+            continue;
+        }
+        by_errno
+            .entry(soft.errno)
+            .or_default()
+            .insert(soft.nr, Vec::new());
+    }
+    by_errno
+        .into_iter()
+        .map(|(errno, rules)| {
+            let filter = SeccompFilter::new(
+                rules,
+                SeccompAction::Allow,
+                SeccompAction::Errno(errno as u32),
+                target_arch()?,
+            )
+            .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+            filter
+                .try_into()
+                .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+        })
+        .collect()
 }
 
 /// True when the kernel supports seccomp filters.
@@ -602,10 +635,12 @@ pub fn install(
             .unsigned_abs(),
     );
     let allowlist = allowlist_program(policy, own_pid)?;
-    let clone3 = clone3_program()?;
+    let companions = companion_programs(policy)?;
     install_sigsys_handler(policy)?;
-    seccompiler::apply_filter_all_threads(&clone3)
-        .map_err(|e| SandboxError::Seccomp(format!("companion filter: {e}")))?;
+    for companion in &companions {
+        seccompiler::apply_filter_all_threads(companion)
+            .map_err(|e| SandboxError::Seccomp(format!("companion filter: {e}")))?;
+    }
     seccompiler::apply_filter_all_threads(&allowlist)
         .map_err(|e| SandboxError::Seccomp(format!("allowlist: {e}")))?;
     report.seccomp = Layer::On;
