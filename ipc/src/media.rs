@@ -52,6 +52,54 @@ impl AudioLayout {
     }
 }
 
+/// How a layout is coded as Opus multistream (protocol notes §7.1): `streams` Opus streams, the
+/// first `coupled` of them stereo, and `mapping[i]` = the decoded channel of input channel `i`, in
+/// the client's channel order FL FR C LFE BL BR SL SR. lumen encodes with the identity mapping, as
+/// Sunshine does (net advertises it in DESCRIBE with the GFE quirk applied there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpusLayout {
+    pub channels: u8,
+    pub streams: u8,
+    pub coupled: u8,
+    pub mapping: [u8; 8],
+}
+
+impl AudioLayout {
+    /// The normal-quality multistream coding of this layout.
+    pub fn opus_layout(self) -> OpusLayout {
+        let identity = [0, 1, 2, 3, 4, 5, 6, 7];
+        match self {
+            AudioLayout::Stereo => OpusLayout {
+                channels: 2,
+                streams: 1,
+                coupled: 1,
+                mapping: identity,
+            },
+            AudioLayout::Surround51 => OpusLayout {
+                channels: 6,
+                streams: 4,
+                coupled: 2,
+                mapping: identity,
+            },
+            AudioLayout::Surround71 => OpusLayout {
+                channels: 8,
+                streams: 5,
+                coupled: 3,
+                mapping: identity,
+            },
+        }
+    }
+
+    /// Sunshine's normal-quality Opus bitrate for the layout, in bit/s (protocol notes §7.1).
+    pub fn opus_bitrate(self) -> u32 {
+        match self {
+            AudioLayout::Stereo => 96_000,
+            AudioLayout::Surround51 => 256_000,
+            AudioLayout::Surround71 => 450_000,
+        }
+    }
+}
+
 /// Audio sample rate of every session (GameStream audio is always 48 kHz).
 pub const AUDIO_SAMPLE_RATE: u32 = 48_000;
 
