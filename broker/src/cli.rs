@@ -9,6 +9,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
+use lumen_ipc::media::{AudioLayout, SessionParams, VideoCodec};
+
 use crate::control::{self, Request};
 use crate::pairing::Pin;
 use crate::paths::Paths;
@@ -47,6 +49,73 @@ pub enum Command {
     },
     /// Forget a paired client (by id, or a unique prefix of it).
     Unpair { id: String },
+    /// Run a media session without a client and write what the encoder makes to files in DIR
+    /// (video, frames.csv with per-stage timestamps, audio.opus, audio.csv).
+    Record(RecordArgs),
+}
+
+/// `record`: the session to run and where the files go.
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    /// Directory for the recording (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+    #[arg(long, default_value_t = 1280)]
+    pub width: u32,
+    #[arg(long, default_value_t = 720)]
+    pub height: u32,
+    #[arg(long, default_value_t = 60)]
+    pub fps: u32,
+    /// Video bitrate in kbit/s.
+    #[arg(long, default_value_t = 10_000)]
+    pub bitrate: u32,
+    #[arg(long, value_enum, default_value_t = CodecArg::H264)]
+    pub codec: CodecArg,
+    #[arg(long, value_enum, default_value_t = AudioArg::Stereo)]
+    pub audio: AudioArg,
+    /// Opus packet duration in ms (5, 10 or 20).
+    #[arg(long, default_value_t = 5)]
+    pub audio_packet_ms: u32,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CodecArg {
+    H264,
+    Hevc,
+    Av1,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AudioArg {
+    Stereo,
+    #[value(name = "5.1")]
+    Surround51,
+    #[value(name = "7.1")]
+    Surround71,
+}
+
+impl RecordArgs {
+    fn params(&self) -> SessionParams {
+        SessionParams {
+            width: self.width,
+            height: self.height,
+            fps: self.fps,
+            bitrate_kbps: self.bitrate,
+            codec: match self.codec {
+                CodecArg::H264 => VideoCodec::H264,
+                CodecArg::Hevc => VideoCodec::Hevc,
+                CodecArg::Av1 => VideoCodec::Av1,
+            },
+            audio: match self.audio {
+                AudioArg::Stereo => AudioLayout::Stereo,
+                AudioArg::Surround51 => AudioLayout::Surround51,
+                AudioArg::Surround71 => AudioLayout::Surround71,
+            },
+            audio_packet_ms: self.audio_packet_ms,
+        }
+    }
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -111,6 +180,20 @@ pub fn run_client(paths: &Paths, command: &Command) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        Command::Record(args) => {
+            let params = args.params();
+            params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let dir = std::path::absolute(&args.out)
+                .with_context(|| format!("resolving {}", args.out.display()))?;
+            let request = Request::Record {
+                params,
+                seconds: args.seconds,
+                dir,
+            };
+            let wait = QUICK + Duration::from_secs(u64::from(args.seconds));
+            let reply = control::request(socket, &request, wait)?;
+            println!("{}", serde_json::to_string_pretty(&reply)?);
         }
         Command::Unpair { id } => {
             let reply = control::request(socket, &Request::Unpair { id: id.clone() }, QUICK)?;

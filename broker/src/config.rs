@@ -31,6 +31,59 @@ pub struct Config {
     /// Sunshine's base port; the others are fixed offsets from it.
     pub port_base: u16,
     pub sandbox: SandboxConfig,
+    pub capture: CaptureConfig,
+}
+
+/// Where pictures and sound come from.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// The built-in moving test pattern and test tone (the embedded default).
+    #[default]
+    TestPattern,
+    /// A PipeWire node (e.g. a compositor's screen-cast stream or a headless source).
+    Pipewire,
+}
+
+/// `[capture]`: the capture source.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    pub source: SourceKind,
+    /// PipeWire: the video node's name or serial.
+    pub video_node: String,
+    /// PipeWire: the audio node; empty means the monitor of the default sink.
+    pub audio_node: Option<String>,
+    /// PipeWire: the daemon's socket (default `$PIPEWIRE_REMOTE` or `$XDG_RUNTIME_DIR/pipewire-0`).
+    pub pipewire_socket: Option<std::path::PathBuf>,
+    /// The largest source picture a frame slot must hold (the stream may be smaller: encode scales).
+    pub max_source_width: u32,
+    pub max_source_height: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> CaptureConfig {
+        CaptureConfig {
+            source: SourceKind::TestPattern,
+            video_node: String::new(),
+            audio_node: None,
+            pipewire_socket: None,
+            max_source_width: 3840,
+            max_source_height: 2160,
+        }
+    }
+}
+
+impl CaptureConfig {
+    /// The largest source picture, bounded to 8K so a typo cannot ask for a huge pool.
+    pub fn max_source(&self) -> (u32, u32) {
+        (
+            self.max_source_width
+                .clamp(64, lumen_ipc::media::MAX_DIMENSION),
+            self.max_source_height
+                .clamp(64, lumen_ipc::media::MAX_DIMENSION),
+        )
+    }
 }
 
 /// How workers are confined.
@@ -49,6 +102,7 @@ impl Default for Config {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port_base: 47989,
             sandbox: SandboxConfig::default(),
+            capture: CaptureConfig::default(),
         }
     }
 }
@@ -120,6 +174,18 @@ mod tests {
         assert_eq!(c.port_base, 40000);
         assert_eq!(c.sandbox.worker_uid, 1234);
         assert_eq!(c.sandbox.worker_gid, 65534);
+    }
+
+    #[test]
+    fn capture_source_is_read() {
+        let c = parse("[capture]\nsource = \"pipewire\"\nvideo_node = \"test-src\"\n").unwrap();
+        assert_eq!(c.capture.source, SourceKind::Pipewire);
+        assert_eq!(c.capture.video_node, "test-src");
+        assert_eq!(c.capture.audio_node, None);
+        assert_eq!(parse("").unwrap().capture.source, SourceKind::TestPattern);
+        assert!(parse("[capture]\nsource = \"x11\"\n").is_err());
+        let huge = parse("[capture]\nmax_source_width = 100000\n").unwrap();
+        assert_eq!(huge.capture.max_source().0, lumen_ipc::media::MAX_DIMENSION);
     }
 
     #[test]

@@ -15,7 +15,11 @@ use lumen_ipc::msg::SocketRole;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
+use lumen_ipc::media::SessionParams;
+
 use crate::pairing::{PairingSlot, Pin};
+use crate::session::recorder::{self, RecordSummary};
+use crate::session::{ConsumerTarget, SessionStatus, Sessions};
 use crate::state::clients::{ClientStore, PairedClient};
 use crate::supervisor::WorkerStatus;
 
@@ -29,20 +33,49 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    Pair { pin: String },
+    Pair {
+        pin: String,
+    },
     Clients,
-    Unpair { id: String },
+    Unpair {
+        id: String,
+    },
+    /// Run a media session with the broker as its consumer and write what the encoder produces to
+    /// files in `dir` (absolute) for `seconds`.
+    Record {
+        params: SessionParams,
+        seconds: u32,
+        dir: PathBuf,
+    },
 }
+
+/// The longest recording `record` makes.
+pub const MAX_RECORD_SECONDS: u32 = 600;
 
 /// The broker's answer.
 #[derive(Debug, Serialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    Status { status: StatusReport },
-    Paired { client_id: String, name: String },
-    Clients { clients: Vec<PairedClient> },
-    Unpaired { client: PairedClient },
-    Error { message: String },
+    Status {
+        status: StatusReport,
+    },
+    Paired {
+        client_id: String,
+        name: String,
+    },
+    Clients {
+        clients: Vec<PairedClient>,
+    },
+    Unpaired {
+        client: PairedClient,
+    },
+    Recorded {
+        summary: RecordSummary,
+        session: Option<SessionStatus>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// What `status` shows.
@@ -57,6 +90,8 @@ pub struct StatusReport {
     pub sessions: Vec<String>,
     /// Per-stream statistics; none until streams exist.
     pub streams: Vec<String>,
+    /// The media session (capture + encode) in progress, or else the last one.
+    pub media_session: Option<SessionStatus>,
     /// State files that were corrupt and set aside, and other problems found at start-up.
     pub problems: Vec<String>,
 }
@@ -77,6 +112,8 @@ pub struct BrokerView {
     pub clients: Mutex<ClientStore>,
     pub problems: Vec<String>,
     pub pairing: PairingSlot,
+    /// Media sessions; `None` in a broker without workers (tests of the control socket).
+    pub sessions: Option<Sessions>,
 }
 
 impl BrokerView {
@@ -92,6 +129,7 @@ impl BrokerView {
                     paired_clients: self.clients().list().len(),
                     sessions: Vec::new(),
                     streams: Vec::new(),
+                    media_session: self.sessions.as_ref().and_then(Sessions::status),
                     problems: self.problems.clone(),
                 },
             },
@@ -105,6 +143,11 @@ impl BrokerView {
                 }
                 Err(e) => error(e),
             },
+            Request::Record {
+                params,
+                seconds,
+                dir,
+            } => self.record(params, seconds, dir).await,
             Request::Pair { pin } => {
                 let pin = match Pin::parse(&pin) {
                     Ok(pin) => pin,
@@ -122,6 +165,41 @@ impl BrokerView {
                     }
                 }
             }
+        }
+    }
+
+    async fn record(&self, params: SessionParams, seconds: u32, dir: PathBuf) -> Reply {
+        let Some(sessions) = &self.sessions else {
+            return error("this broker runs no media workers");
+        };
+        if seconds == 0 || seconds > MAX_RECORD_SECONDS {
+            return error(format!("record for 1..={MAX_RECORD_SECONDS} seconds"));
+        }
+        if !dir.is_absolute() {
+            return error("the recording directory must be an absolute path");
+        }
+        let (rebuilt_tx, rebuilt_rx) = std::sync::mpsc::channel();
+        let first = match sessions.start_session(params, ConsumerTarget::Recorder(rebuilt_tx)) {
+            Ok(first) => first,
+            Err(e) => return error(format!("{e:#}")),
+        };
+        tracing::info!(dir = %dir.display(), seconds, "recording the media session");
+        let recorded = tokio::task::spawn_blocking(move || {
+            recorder::record(
+                &dir,
+                &params,
+                first,
+                rebuilt_rx,
+                Duration::from_secs(u64::from(seconds)),
+            )
+        })
+        .await;
+        let session = sessions.status();
+        sessions.stop_session();
+        match recorded {
+            Ok(Ok(summary)) => Reply::Recorded { summary, session },
+            Ok(Err(e)) => error(format!("recording: {e:#}")),
+            Err(e) => error(format!("the recorder stopped: {e}")),
         }
     }
 
@@ -406,6 +484,7 @@ mod tests {
             clients: Mutex::new(clients),
             problems: vec!["x".into()],
             pairing: PairingSlot::new(Duration::from_millis(10)),
+            sessions: None,
         });
         let serving = tokio::spawn({
             let server = server.clone();

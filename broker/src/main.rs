@@ -9,6 +9,7 @@ mod logging;
 mod pairing;
 mod paths;
 mod procstatus;
+mod session;
 mod sockets;
 mod spawn;
 mod state;
@@ -112,6 +113,7 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             .map(|(role, port)| PortStatus { role, port })
             .collect();
         let supervisor = Supervisor::start(supervisor_config, sockets).await?;
+        let sessions = session::Sessions::start(supervisor.clone(), config.capture.clone())?;
         tracing::info!(%bind, port_base, socket = %paths.control_socket.display(), "lumen-broker serving");
         let view = Arc::new(BrokerView {
             workers: Box::new({
@@ -124,6 +126,7 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             clients: Mutex::new(clients),
             problems,
             pairing: PairingSlot::new(pair_wait),
+            sessions: Some(sessions),
         });
         let signal = wait_for_stop_signal()?;
         tokio::select! {

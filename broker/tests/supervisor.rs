@@ -336,6 +336,17 @@ fn fake_worker() {
                 }
                 append(&out, line.trim_end());
             }
+            BrokerMsg::StartCapture { generation, .. }
+            | BrokerMsg::StartEncode { generation, .. } => {
+                append(
+                    &out,
+                    &format!("start generation={generation} fds={}", received.fds.len()),
+                );
+                channel
+                    .send(&WorkerMsg::SessionStarted { generation }, &[])
+                    .expect("send SessionStarted");
+            }
+            BrokerMsg::StopSession => append(&out, "stop"),
         }
     }
 }
@@ -851,6 +862,88 @@ async fn net_gets_the_same_sockets_after_every_restart() {
     .await;
     assert_eq!(lines(), [expected.clone(), expected]);
     assert!(lines()[0].contains(&format!("{:?}=", SocketRole::Audio)));
+    supervisor.shutdown(Duration::from_secs(1)).await;
+}
+
+async fn next_event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<supervisor::WorkerEvent>,
+) -> supervisor::WorkerEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event in time")
+        .expect("events open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_messages_reach_a_ready_worker_and_its_reports_come_back() {
+    init_logs();
+    let scratch = Scratch::new("session");
+    let out = scratch.file("session");
+    let supervisor = Supervisor::start_with(
+        vec![(WorkerKind::Capture, fake("serve", "capture", Some(&out)))],
+        None,
+        quick_policy(),
+    )
+    .expect("start");
+    let mut events = supervisor.take_events().expect("events");
+    assert!(supervisor.take_events().is_none(), "only one taker");
+    assert!(matches!(
+        next_event(&mut events).await,
+        supervisor::WorkerEvent::Ready {
+            kind: WorkerKind::Capture
+        }
+    ));
+    let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+    let msg = BrokerMsg::StartEncode {
+        params: lumen_ipc::media::SessionParams {
+            width: 640,
+            height: 360,
+            fps: 30,
+            bitrate_kbps: 1000,
+            codec: lumen_ipc::media::VideoCodec::H264,
+            audio: lumen_ipc::media::AudioLayout::Stereo,
+            audio_packet_ms: 5,
+        },
+        pool: lumen_ipc::media::FramePoolSpec {
+            slots: 2,
+            slot_bytes: 4096,
+        },
+        generation: 42,
+    };
+    supervisor
+        .send(WorkerKind::Capture, msg, vec![memfd])
+        .expect("queued");
+    match next_event(&mut events).await {
+        supervisor::WorkerEvent::Session {
+            kind: WorkerKind::Capture,
+            msg: WorkerMsg::SessionStarted { generation: 42 },
+        } => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap_or_default().trim(),
+        "start generation=42 fds=1"
+    );
+    assert!(supervisor
+        .send(WorkerKind::Net, BrokerMsg::StopSession, Vec::new())
+        .is_err());
+    // A killed worker shows as Exited, and its successor as Ready again.
+    let pid = status_of(&supervisor, WorkerKind::Capture)
+        .pid
+        .expect("pid");
+    kill(pid, Signal::KILL);
+    assert!(matches!(
+        next_event(&mut events).await,
+        supervisor::WorkerEvent::Exited {
+            kind: WorkerKind::Capture
+        }
+    ));
+    assert!(matches!(
+        next_event(&mut events).await,
+        supervisor::WorkerEvent::Ready {
+            kind: WorkerKind::Capture
+        }
+    ));
     supervisor.shutdown(Duration::from_secs(1)).await;
 }
 

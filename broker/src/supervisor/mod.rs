@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lumen_ipc::msg::{SandboxReport, WorkerKind};
+use std::os::fd::OwnedFd;
+
+use lumen_ipc::msg::{BrokerMsg, SandboxReport, WorkerKind};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -30,7 +32,8 @@ use tokio::task::JoinHandle;
 use crate::sockets::LanSockets;
 use crate::spawn::WorkerCommand;
 use backoff::RestartPolicy;
-use slot::{Slot, SlotShared};
+pub(crate) use slot::WorkerEvent;
+use slot::{Outgoing, Slot, SlotShared};
 
 /// How the broker runs its workers.
 #[derive(Clone, Debug)]
@@ -111,12 +114,15 @@ struct Inner {
     reaper_task: Mutex<Option<JoinHandle<()>>>,
     /// Keeps the LAN sockets open for the broker's whole life (the slots hold them too).
     _sockets: Option<Arc<LanSockets>>,
+    /// Ready / session report / exit events of every slot, until the session code takes them.
+    events: Mutex<Option<mpsc::UnboundedReceiver<WorkerEvent>>>,
 }
 
 struct SlotHandle {
     kind: WorkerKind,
     shared: Arc<Mutex<SlotShared>>,
     recycle: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    outbox: mpsc::Sender<Outgoing>,
 }
 
 impl Supervisor {
@@ -164,11 +170,13 @@ impl Supervisor {
             }
         });
         let mut tasks = Vec::new();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
 
         let mut slots = Vec::new();
         for (kind, command) in workers {
             let shared = Arc::new(Mutex::new(SlotShared::new()));
             let (recycle, recycle_rx) = mpsc::channel(8);
+            let (outbox, outbox_rx) = mpsc::channel(16);
             let slot = Slot {
                 kind,
                 name: kind.name(),
@@ -180,12 +188,18 @@ impl Supervisor {
                 },
                 policy: policy.clone(),
                 shared: shared.clone(),
+                events: events_tx.clone(),
             };
-            tasks.push(tokio::spawn(slot.run(stop.subscribe(), recycle_rx)));
+            tasks.push(tokio::spawn(slot.run(
+                stop.subscribe(),
+                recycle_rx,
+                outbox_rx,
+            )));
             slots.push(SlotHandle {
                 kind,
                 shared,
                 recycle,
+                outbox,
             });
         }
         Ok(Supervisor {
@@ -195,8 +209,37 @@ impl Supervisor {
                 slot_tasks: Mutex::new(tasks),
                 reaper_task: Mutex::new(Some(reaper_task)),
                 _sockets: sockets,
+                events: Mutex::new(Some(events_rx)),
             }),
         })
+    }
+
+    /// The stream of Ready, session report and exit events; the first caller gets it.
+    pub(crate) fn take_events(&self) -> Option<mpsc::UnboundedReceiver<WorkerEvent>> {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Queues `msg` with `fds` for the worker of `kind`; delivered only if that worker is ready
+    /// (a worker that is not gets the session again on its next Ready).
+    pub(crate) fn send(
+        &self,
+        kind: WorkerKind,
+        msg: BrokerMsg,
+        fds: Vec<OwnedFd>,
+    ) -> anyhow::Result<()> {
+        let slot = self
+            .inner
+            .slots
+            .iter()
+            .find(|slot| slot.kind == kind)
+            .with_context(|| format!("no {} worker is supervised", kind.name()))?;
+        slot.outbox
+            .try_send(Outgoing { msg, fds })
+            .map_err(|e| anyhow::anyhow!("queueing a message for {}: {e}", kind.name()))
     }
 
     /// Snapshot for `lumen-broker status`.

@@ -5,7 +5,7 @@
 //! backs off and starts the next round. Everything the slot learns goes into [`SlotShared`], which
 //! `status()` reads.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,23 @@ use crate::spawn::{self, Spawned, WorkerCommand};
 
 /// The answer to a recycle request: `Ok` once a fresh worker is ready.
 pub(super) type RecycleReply = oneshot::Sender<Result<(), String>>;
+
+/// A message (with fds) the broker's session code sends to the worker of a slot.
+pub(crate) struct Outgoing {
+    pub msg: BrokerMsg,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// What a slot tells the broker's session code.
+#[derive(Debug, Clone)]
+pub(crate) enum WorkerEvent {
+    /// A fresh worker of `kind` is ready (after a start or a restart).
+    Ready { kind: WorkerKind },
+    /// A session report from the worker (`SessionStarted`, `SessionFailed`, `SessionStats`).
+    Session { kind: WorkerKind, msg: WorkerMsg },
+    /// The worker of `kind` is gone (it will be restarted).
+    Exited { kind: WorkerKind },
+}
 
 /// How long a worker that closed its control channel has to exit on its own before it is killed.
 const CLOSED_CHANNEL_GRACE: Duration = Duration::from_secs(1);
@@ -119,6 +136,8 @@ pub(super) struct Slot {
     pub sockets: Option<Arc<LanSockets>>,
     pub policy: RestartPolicy,
     pub shared: Arc<Mutex<SlotShared>>,
+    /// Where Ready, session reports and exits go.
+    pub events: mpsc::UnboundedSender<WorkerEvent>,
 }
 
 /// One running worker instance.
@@ -207,12 +226,17 @@ impl Slot {
         self,
         mut stop: watch::Receiver<Option<Instant>>,
         mut recycle: mpsc::Receiver<RecycleReply>,
+        mut outbox: mpsc::Receiver<Outgoing>,
     ) {
         let mut backoff = Backoff::new(self.policy.clone());
         let mut waiting: Vec<RecycleReply> = Vec::new();
         while stop.borrow().is_none() {
             self.update(|s| s.state = State::Starting);
-            match self.run_once(&mut stop, &mut recycle, &mut waiting).await {
+            let outcome = self
+                .run_once(&mut stop, &mut recycle, &mut outbox, &mut waiting)
+                .await;
+            let _ = self.events.send(WorkerEvent::Exited { kind: self.kind });
+            match outcome {
                 Outcome::Stopped => break,
                 Outcome::Recycled => continue,
                 Outcome::Failed { up_for } => {
@@ -269,6 +293,7 @@ impl Slot {
         &self,
         stop: &mut watch::Receiver<Option<Instant>>,
         recycle: &mut mpsc::Receiver<RecycleReply>,
+        outbox: &mut mpsc::Receiver<Outgoing>,
         waiting: &mut Vec<RecycleReply>,
     ) -> Outcome {
         let mut instance = match self.start().await {
@@ -333,6 +358,20 @@ impl Slot {
                 }
                 _ = ping_timer.tick(), if instance.ready_at.is_some() && instance.killed.is_none() => {
                     self.check_liveness(&mut instance, &mut liveness);
+                }
+                Some(outgoing) = outbox.recv() => {
+                    // Only a ready worker gets session messages; the session code sends the
+                    // current session again on the next Ready, so nothing stale reaches a new one.
+                    match (&instance.channel, instance.ready_at) {
+                        (Some(channel), Some(_)) => {
+                            let fds: Vec<_> = outgoing.fds.iter().map(|fd| fd.as_fd()).collect();
+                            if let Err(e) = channel.get_ref().send(&outgoing.msg, &fds) {
+                                tracing::warn!(worker = self.name, pid = instance.pid, "sending {:?}: {e}; killing it", outgoing.msg);
+                                instance.kill(format!("could not take a session message ({e})"));
+                            }
+                        }
+                        _ => tracing::debug!(worker = self.name, "not ready; dropped {:?}", outgoing.msg),
+                    }
                 }
                 guard = channel_readable(&mut instance.channel) => {
                     let verdict = match guard {
@@ -542,6 +581,7 @@ impl Slot {
                         s.state = State::Running;
                         s.sandbox = Some(sandbox);
                     });
+                    let _ = self.events.send(WorkerEvent::Ready { kind: self.kind });
                     for reply in waiting.drain(..) {
                         let _ = reply.send(Ok(()));
                     }
@@ -562,10 +602,16 @@ impl Slot {
                         output::sanitize(shown.as_bytes())
                     );
                 }
-                WorkerMsg::SessionStarted { .. }
+                msg @ (WorkerMsg::SessionStarted { .. }
                 | WorkerMsg::SessionFailed { .. }
-                | WorkerMsg::SessionStats { .. } => {
-                    tracing::debug!(worker = self.name, pid, "session message {:?}", received.msg);
+                | WorkerMsg::SessionStats { .. }) => {
+                    if ready_at.is_none() {
+                        return ChannelVerdict::Kill("sent a session report before Ready".into());
+                    }
+                    let _ = self.events.send(WorkerEvent::Session {
+                        kind: self.kind,
+                        msg,
+                    });
                 }
             }
         }
@@ -677,6 +723,7 @@ mod tests {
             sockets: None,
             policy: RestartPolicy::default(),
             shared: Arc::new(Mutex::new(SlotShared::new())),
+            events: mpsc::unbounded_channel().0,
         }
     }
 
