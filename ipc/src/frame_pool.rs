@@ -51,7 +51,7 @@ fn total_bytes(spec: &FramePoolSpec) -> Result<u64, FramePoolError> {
         return Err(bad());
     }
     // Slots start on page boundaries, so a plane offset of 0 is page aligned for every slot.
-    if spec.slot_bytes % 4096 != 0 {
+    if !spec.slot_bytes.is_multiple_of(4096) {
         return Err(bad());
     }
     match spec.slot_bytes.checked_mul(u64::from(spec.slots)) {

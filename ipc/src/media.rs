@@ -134,7 +134,7 @@ impl SessionParams {
                 self.width, self.height
             ));
         }
-        if self.width % 2 != 0 || self.height % 2 != 0 {
+        if !self.width.is_multiple_of(2) || !self.height.is_multiple_of(2) {
             return Err(format!(
                 "{}x{}: both sides must be even (4:2:0 video)",
                 self.width, self.height
