@@ -660,6 +660,70 @@ pub fn install(
 mod tests {
     use super::*;
 
+    /// A soft-denied `openat` fails with its errno under the real filters, and the process lives
+    /// (without the soft-deny the allowlist would trap it).
+    #[test]
+    fn soft_denied_syscalls_fail_with_their_errno_instead_of_killing() {
+        let mut policy = Policy {
+            kind: crate::msg::WorkerKind::Encode,
+            own_network_namespace: true,
+            deny_tcp_bind_connect: false,
+            max_fds: 64,
+            max_threads: 0,
+            syscalls: rust_runtime(),
+            soft_denied: vec![SoftDenied {
+                nr: libc::SYS_openat,
+                name: "openat",
+                errno: libc::ENOENT,
+                why: "test",
+            }],
+        };
+        policy.syscalls.retain(|r| r.nr != libc::SYS_openat);
+        // SAFETY: getpid takes no arguments.
+        let pid = unsafe { libc::getpid() } as u64;
+        let allowlist = allowlist_program(&policy, pid).unwrap();
+        let companions = companion_programs(&policy).unwrap();
+        assert_eq!(companions.len(), 2, "clone3→ENOSYS and openat→ENOENT");
+        let path = c"/proc/self/status";
+        // SAFETY: the child only makes raw syscalls (prctl, seccomp, openat, _exit) on
+        // data prepared before the fork, which is async-signal-safe.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            // SAFETY: plain prctl/seccomp/openat/_exit syscalls on valid pointers.
+            unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                for program in companions.iter().chain(std::iter::once(&allowlist)) {
+                    let prog = libc::sock_fprog {
+                        len: program.len() as u16,
+                        filter: program.as_ptr() as *mut libc::sock_filter,
+                    };
+                    if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog)
+                        != 0
+                    {
+                        libc::_exit(10);
+                    }
+                }
+                let fd = libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY);
+                if fd >= 0 {
+                    libc::_exit(11);
+                }
+                if *libc::__errno_location() != libc::ENOENT {
+                    libc::_exit(12);
+                }
+                libc::_exit(42);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child; status is a valid out-pointer.
+        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        assert_eq!(waited, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42,
+            "the child must get ENOENT from openat and live: status {status:#x}"
+        );
+    }
+
     fn reporter() -> ViolationReporter {
         ViolationReporter {
             prefix: "lumen-net: ".into(),
