@@ -1,11 +1,15 @@
-//! `lumen-capture`: captures the screen (test pattern or PipeWire) into frame slots for `lumen-encode`. Until the media pipeline lands it runs sandboxed and answers the broker; it captures nothing yet.
+//! `lumen-capture`: captures pictures and sound for a session (the built-in test pattern and tone,
+//! or PipeWire) into the broker's frame pool and PCM ring, for `lumen-encode`.
 
 mod seccomp;
-#[allow(dead_code)]
+mod session;
 mod sink;
+mod test_pattern;
+mod tone;
 
 fn main() -> std::process::ExitCode {
-    lumen_ipc::worker::run(&seccomp::policy(), |msg, _fds| {
-        Err(format!("unexpected message {msg:?}"))
+    lumen_ipc::worker::run_prepared(&seccomp::policy(), session::prepare, |prepared, reports| {
+        let mut worker = session::Worker::new(prepared, reports);
+        move |msg, fds| worker.handle(msg, fds)
     })
 }
