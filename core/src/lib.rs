@@ -11,3 +11,5 @@
 
 pub mod fec;
 pub mod pattern;
+pub mod stream_crypto;
+pub mod video_packetizer;
