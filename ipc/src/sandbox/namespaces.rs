@@ -25,8 +25,10 @@ pub fn enter(policy: &Policy, report: &mut SandboxReport) {
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
 
-    let mut flags =
-        libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
+    // No CLONE_NEWPID: it would move only future children (a worker has none) and, worse, the
+    // kernel refuses CLONE_THREAD once pid_ns_for_children differs from the caller's own pid
+    // namespace, so no worker could start a thread after lock-down.
+    let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWIPC;
     if policy.own_network_namespace {
         flags |= libc::CLONE_NEWNET;
     }
@@ -44,15 +46,15 @@ pub fn enter(policy: &Policy, report: &mut SandboxReport) {
         return;
     }
     report.user_ns = Layer::On;
-    // unshare(CLONE_NEWPID) moves only the children a process creates into the new pid namespace,
-    // never the process itself, and a worker creates none: the worker keeps its host pid namespace,
-    // and saying otherwise would be false. What stands in for it: no /proc in the empty root, and
-    // seccomp plus Landlock's signal scope against signalling, tracing or reading any other pid.
+    // The worker keeps its host pid namespace (see above: unshare(CLONE_NEWPID) would hold only
+    // children and forbid threads), and saying otherwise would be false. What stands in for it: no
+    // /proc in the empty root, and seccomp plus Landlock's signal scope against signalling, tracing
+    // or reading any other pid.
     report.pid_ns = Layer::Unavailable;
     report.notes.push(
         "pid namespace: the worker itself stays in the host's (a new one would hold only children, \
-         and workers have none); no /proc is mounted, and seccomp and Landlock keep it from \
-         signalling or tracing other processes"
+         which workers do not have, and would forbid threads); no /proc is mounted, and seccomp and \
+         Landlock keep it from signalling or tracing other processes"
             .into(),
     );
     report.ipc_ns = Layer::On;

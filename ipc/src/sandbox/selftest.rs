@@ -193,6 +193,19 @@ const ATTEMPTS: &[Attempt] = &[
         },
     },
     Attempt {
+        name: "start a thread (allowed: workers run their pipelines on threads)",
+        expect_allowed: true,
+        beneath_seccomp: false,
+        applies: always,
+        run: |_| {
+            std::thread::Builder::new()
+                .spawn(|| ())
+                .map_err(|e| e.to_string())?
+                .join()
+                .map_err(|_| "the thread panicked".to_string())
+        },
+    },
+    Attempt {
         name: "read /etc/passwd",
         expect_allowed: false,
         beneath_seccomp: true,
