@@ -9,6 +9,7 @@
 //! the protocol work; the foundation only fixes the crate's shape and its lints.
 #![deny(unsafe_code)]
 
+pub mod audio_packetizer;
 pub mod fec;
 pub mod pattern;
 pub mod stream_crypto;

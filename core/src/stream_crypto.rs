@@ -108,15 +108,17 @@ pub struct AudioCipher {
 impl AudioCipher {
     /// A cipher for `key` (`rikey`) and `rikeyid`, both from `/launch`.
     pub fn new(key: &[u8; 16], rikeyid: u32) -> AudioCipher {
-        AudioCipher {
-            key: *key,
-            rikeyid,
-        }
+        AudioCipher { key: *key, rikeyid }
     }
 
     /// Encrypts `plaintext` for sequence number `seq` into `out` and returns the ciphertext length,
     /// [`cbc_padded_len`]`(plaintext.len())`.
-    pub fn encrypt(&self, seq: u16, plaintext: &[u8], out: &mut [u8]) -> Result<usize, CryptoError> {
+    pub fn encrypt(
+        &self,
+        seq: u16,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, CryptoError> {
         let needed = cbc_padded_len(plaintext.len());
         if out.len() < needed {
             return Err(CryptoError::BufferTooSmall {

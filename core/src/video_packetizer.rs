@@ -172,6 +172,12 @@ impl VideoPacketizer {
         self.next_packet
     }
 
+    /// Continues a stream's packet counter (the low 16 bits become the next RTP seq), for a sender
+    /// that takes over a running stream.
+    pub fn set_next_packet_counter(&mut self, counter: u32) {
+        self.next_packet = counter;
+    }
+
     /// The GCM IV counter of the next encrypted datagram, if encryption is on.
     pub fn next_iv_counter(&self) -> Option<u64> {
         self.cipher.as_ref().map(VideoCipher::next_counter)
@@ -215,7 +221,8 @@ impl VideoPacketizer {
 
         for (b, block) in plan.blocks().iter().enumerate() {
             let multi_fec_blocks = plan.multi_fec_blocks(b);
-            let block_area = &mut self.arena[slot * datagram_len..][..block.total_shards() * datagram_len];
+            let block_area =
+                &mut self.arena[slot * datagram_len..][..block.total_shards() * datagram_len];
             for i in 0..block.data_shards {
                 let shard = &mut block_area[i * datagram_len + prefix..][..shard_len];
                 let mut flags = FLAG_CONTAINS_PIC_DATA;
