@@ -402,7 +402,12 @@ fn push_decimal(buf: &mut [u8; REPORT_CAPACITY], len: &mut usize, n: i64) {
 }
 
 /// The line the handler writes for syscall `nr` (pure; tested).
-fn violation_line(reporter: &ViolationReporter, nr: i64, buf: &mut [u8; REPORT_CAPACITY]) -> usize {
+fn violation_line(
+    reporter: &ViolationReporter,
+    nr: i64,
+    arg0: Option<i64>,
+    buf: &mut [u8; REPORT_CAPACITY],
+) -> usize {
     let mut len = 0;
     push_bytes(buf, &mut len, reporter.prefix.as_bytes());
     push_bytes(buf, &mut len, b"seccomp: blocked syscall ");
@@ -412,15 +417,37 @@ fn violation_line(reporter: &ViolationReporter, nr: i64, buf: &mut [u8; REPORT_C
     }
     push_bytes(buf, &mut len, b" (");
     push_decimal(buf, &mut len, nr);
-    push_bytes(buf, &mut len, b"); the process is killed\n");
+    push_bytes(buf, &mut len, b")");
+    // The first argument tells which prctl, fcntl or ioctl request a library made.
+    if let Some(arg0) = arg0 {
+        push_bytes(buf, &mut len, b" arg0=");
+        push_decimal(buf, &mut len, arg0);
+    }
+    push_bytes(buf, &mut len, b"; the process is killed\n");
     len
+}
+
+/// The first syscall argument from the signal context (x86-64: rdi).
+#[cfg(target_arch = "x86_64")]
+fn first_argument(ctx: *mut libc::c_void) -> Option<i64> {
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t as the third argument;
+    // only a register value is copied out of it.
+    Some(unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RDI as usize] })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn first_argument(_ctx: *mut libc::c_void) -> Option<i64> {
+    None
 }
 
 /// Offset of `si_syscall` in the kernel's `siginfo_t` for SIGSYS: after si_signo, si_errno, si_code
 /// (3 × int, padded to 16 on 64-bit) comes `void *si_call_addr`, then `int si_syscall`.
 const SI_SYSCALL_OFFSET: usize = 16 + std::mem::size_of::<usize>();
 
-extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let mut nr: i64 = -1;
     if !info.is_null() {
         // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers; for SIGSYS the int at
@@ -433,7 +460,7 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     if !reporter.is_null() {
         let mut buf = [0u8; REPORT_CAPACITY];
         // SAFETY: REPORTER points at a leaked Box that is never freed or mutated after install.
-        let len = violation_line(unsafe { &*reporter }, nr, &mut buf);
+        let len = violation_line(unsafe { &*reporter }, nr, first_argument(ctx), &mut buf);
         // SAFETY: write(2) of our own stack buffer to stderr; async-signal-safe.
         unsafe { libc::write(2, buf.as_ptr().cast(), len) };
     }
@@ -734,12 +761,12 @@ mod tests {
     #[test]
     fn violation_line_names_a_known_syscall() {
         let mut buf = [0u8; REPORT_CAPACITY];
-        let len = violation_line(&reporter(), libc::SYS_socket, &mut buf);
+        let len = violation_line(&reporter(), libc::SYS_socket, Some(2), &mut buf);
         let line = std::str::from_utf8(&buf[..len]).unwrap();
         assert_eq!(
             line,
             format!(
-                "lumen-net: seccomp: blocked syscall socket ({}); the process is killed\n",
+                "lumen-net: seccomp: blocked syscall socket ({}) arg0=2; the process is killed\n",
                 libc::SYS_socket
             )
         );
@@ -748,7 +775,7 @@ mod tests {
     #[test]
     fn violation_line_gives_the_number_of_an_unknown_syscall() {
         let mut buf = [0u8; REPORT_CAPACITY];
-        let len = violation_line(&reporter(), 4242, &mut buf);
+        let len = violation_line(&reporter(), 4242, None, &mut buf);
         let line = std::str::from_utf8(&buf[..len]).unwrap();
         assert!(line.contains("unknown (4242)"), "{line}");
     }
@@ -760,7 +787,10 @@ mod tests {
             names: vec![],
         };
         let mut buf = [0u8; REPORT_CAPACITY];
-        assert_eq!(violation_line(&long, i64::MIN, &mut buf), REPORT_CAPACITY);
+        assert_eq!(
+            violation_line(&long, i64::MIN, Some(i64::MIN), &mut buf),
+            REPORT_CAPACITY
+        );
     }
 
     #[test]
