@@ -8,6 +8,11 @@ use lumen_ipc::sandbox::seccomp::{allow, allow_if, rust_runtime};
 use lumen_ipc::sandbox::Policy;
 
 pub fn policy() -> Policy {
+    // The test pattern, test tone and stats threads need nothing beyond the runtime's rules:
+    // clone (threads), clock_nanosleep (absolute deadlines), the vDSO clock (rustix reads the aux
+    // vector for it in `session::prepare`, before lock-down), sendmsg/recvmsg (frame and report
+    // channels), write (PCM doorbell), futex (joins). tests/sandboxed_session.rs runs a session in
+    // the locked-down binary to prove it.
     #[allow(unused_mut)]
     let mut syscalls = rust_runtime();
 

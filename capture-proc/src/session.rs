@@ -32,6 +32,10 @@ pub struct Prepared {}
 
 /// Runs before lock-down, while files can still be opened.
 pub fn prepare() -> Result<Prepared, String> {
+    // rustix finds the vDSO's clock_gettime through the aux vector, read once on the first clock
+    // read with prctl(PR_GET_AUXV) (or /proc/self/auxv): both are closed after lock-down, so the
+    // first read happens here and the session threads' reads later are plain vDSO calls.
+    let _ = monotonic_ns();
     Ok(Prepared {})
 }
 
