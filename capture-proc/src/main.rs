@@ -1,6 +1,7 @@
 //! `lumen-capture`: captures pictures and sound for a session (the built-in test pattern and tone,
 //! or PipeWire) into the broker's frame pool and PCM ring, for `lumen-encode`.
 
+mod pipewire;
 mod seccomp;
 mod session;
 mod sink;

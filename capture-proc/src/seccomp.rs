@@ -15,6 +15,7 @@ pub fn policy() -> Policy {
     // the locked-down binary to prove it.
     #[allow(unused_mut)]
     let mut syscalls = rust_runtime();
+    syscalls.extend(crate::pipewire::seccomp_rules());
 
     Policy {
         kind: WorkerKind::Capture,

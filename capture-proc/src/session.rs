@@ -25,10 +25,11 @@ use rustix::fs::SealFlags;
 use crate::sink::{plane_layout, AudioSink, Counters, VideoSink};
 
 /// What the worker loads before lock-down and keeps for its lifetime.
-///
-/// The PipeWire capture adds its own field here (its loop, context and plugins, loaded in
-/// [`prepare`]).
-pub struct Prepared {}
+pub struct Prepared {
+    /// PipeWire's loop, context and plugins; why not, when they could not be loaded (the test
+    /// pattern still works then, and a PipeWire session fails with this message).
+    pipewire: Result<crate::pipewire::Prepared, String>,
+}
 
 /// Runs before lock-down, while files can still be opened.
 pub fn prepare() -> Result<Prepared, String> {
@@ -36,7 +37,11 @@ pub fn prepare() -> Result<Prepared, String> {
     // read with prctl(PR_GET_AUXV) (or /proc/self/auxv): both are closed after lock-down, so the
     // first read happens here and the session threads' reads later are plain vDSO calls.
     let _ = monotonic_ns();
-    Ok(Prepared {})
+    let pipewire = crate::pipewire::preload().map_err(|e| e.to_string());
+    if let Err(why) = &pipewire {
+        eprintln!("lumen-capture: {why}");
+    }
+    Ok(Prepared { pipewire })
 }
 
 /// Longest a session thread sleeps before looking at the stop flag again (bounds how long a stop
@@ -305,7 +310,6 @@ fn take_ends(
 
 /// The worker's state between messages.
 pub struct Worker {
-    #[allow(dead_code)] // read by the PipeWire capture
     prepared: Prepared,
     reports: Arc<Channel>,
     session: Option<Session>,
@@ -388,10 +392,38 @@ impl Worker {
     ) -> Result<Running, String> {
         match source {
             CaptureSource::TestPattern => start_test_source(params, ends, shared),
-            // ---- PipeWire capture: replaced by the call into crate::pipewire. ----
-            CaptureSource::PipeWire { .. } => {
-                let _ = ends.remote;
-                Err("PipeWire capture is not built into this lumen-capture yet".into())
+            CaptureSource::PipeWire {
+                video_node,
+                audio_node,
+            } => {
+                let prepared = self.prepared.pipewire.as_ref().map_err(Clone::clone)?;
+                let remote = ends
+                    .remote
+                    .ok_or("a PipeWire session without a PipeWire remote fd")?;
+                if let Ok(mut component) = shared.component.lock() {
+                    *component = format!("pipewire {video_node} (negotiating)");
+                }
+                let (failing, describing) = (shared.clone(), shared.clone());
+                let capture = crate::pipewire::start(
+                    prepared,
+                    remote,
+                    video_node,
+                    audio_node.as_deref(),
+                    *params,
+                    Arc::new(Mutex::new(ends.video)),
+                    Arc::new(Mutex::new(ends.audio)),
+                    move |message| failing.fail(message),
+                    move |component| {
+                        if let Ok(mut slot) = describing.component.lock() {
+                            *slot = component;
+                        }
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Running {
+                    threads: Vec::new(),
+                    guards: vec![Box::new(capture)],
+                })
             }
         }
     }
@@ -791,26 +823,36 @@ mod tests {
         next_frame(&mut good.encode);
     }
 
-    /// Replaced with the PipeWire capture's own tests when it lands.
+    /// A PipeWire remote whose server hangs up fails the session with a message naming PipeWire
+    /// (the capture's own tests, in `pipewire/tests.rs`, run a real PipeWire).
     #[test]
-    fn pipewire_source_is_refused_until_built_in() {
+    fn a_pipewire_remote_that_hangs_up_fails_the_session() {
         let p = params();
         let (mut worker, mut reports) = worker();
         let mut pw = peer(pool_spec(&p), 1);
-        let (remote, _other) = rustix::net::socketpair(
+        let (remote, server) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
             rustix::net::SocketType::STREAM,
             rustix::net::SocketFlags::CLOEXEC,
             None,
         )
         .unwrap();
+        drop(server);
         pw.fds.push(remote);
         let source = CaptureSource::PipeWire {
             video_node: "42".into(),
             audio_node: None,
         };
         start(&mut worker, p, source, 1, std::mem::take(&mut pw.fds));
-        assert!(failure(&mut reports, 1).contains("PipeWire capture is not built"));
+        let message = match report(&mut reports) {
+            WorkerMsg::SessionStarted { generation: 1 } => failure(&mut reports, 1),
+            WorkerMsg::SessionFailed {
+                generation: 1,
+                message,
+            } => message,
+            other => panic!("expected the session to fail, got {other:?}"),
+        };
+        assert!(message.contains("PipeWire"), "{message}");
     }
 
     #[test]

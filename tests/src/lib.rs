@@ -1,6 +1,8 @@
 //! Helpers shared by the whole-system tests in `tests/tests/`: finding the built binaries, a scratch
 //! directory, and a running `lumen-broker serve` that is stopped (and checked for leftovers) on drop.
 
+pub mod pipewire_env;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

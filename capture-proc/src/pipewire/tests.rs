@@ -1,0 +1,504 @@
+//! Frame copying and format helpers on their own, then real capture from a private PipeWire
+//! (`lumen_tests::pipewire_env`) into the real sinks, the frame pool and the PCM ring.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lumen_ipc::channel::Channel;
+use lumen_ipc::frame_pool::{create_pool, read_only_fd, FramePool};
+use lumen_ipc::media::{
+    AudioLayout, CaptureToEncode, EncodeToCapture, FramePoolSpec, PixelFormat, Plane,
+    SessionParams, VideoCodec, PCM_RING_BYTES,
+};
+use lumen_ipc::ring::{create_ring, Consumer, Producer, TS_CAPTURED};
+use lumen_tests::pipewire_env::{PipeWireEnv, VideoSource};
+
+use super::audio::{decode_samples, SampleClock};
+use super::video::{copy_frame, slot_format, source_planes, SourcePlane};
+use super::*;
+use crate::sink::{AudioSink, Counters, VideoSink};
+
+#[test]
+fn targets_digits_are_portal_node_ids_anything_else_a_name() {
+    assert_eq!(Target::parse("42"), Target::Id(42));
+    assert_eq!(
+        Target::parse("test-src"),
+        Target::Name("test-src".to_string())
+    );
+    assert_eq!(Target::parse("+42"), Target::Name("+42".to_string()));
+    assert_eq!(Target::Id(7).connect_args(), (Some(7), None));
+    assert_eq!(Target::Name("x".into()).connect_args(), (None, Some("x")));
+}
+
+#[test]
+fn only_formats_the_encoder_takes_are_accepted() {
+    use pipewire::spa::param::video::VideoFormat;
+    let slot = |f| slot_format(f).map(|(slot, _)| slot);
+    assert_eq!(slot(VideoFormat::BGRx), Some(PixelFormat::Bgrx));
+    assert_eq!(slot(VideoFormat::BGRA), Some(PixelFormat::Bgrx));
+    assert_eq!(slot(VideoFormat::RGBx), Some(PixelFormat::Rgbx));
+    assert_eq!(slot(VideoFormat::RGBA), Some(PixelFormat::Rgbx));
+    assert_eq!(slot(VideoFormat::NV12), Some(PixelFormat::Nv12));
+    assert_eq!(
+        slot_format(VideoFormat::BGRA).map(|(_, name)| name),
+        Some("BGRA")
+    );
+    assert_eq!(slot_format(VideoFormat::YUY2), None);
+    assert_eq!(slot_format(VideoFormat::xRGB), None);
+}
+
+#[test]
+fn format_pods_serialize() {
+    let params = session(320, 240, 30);
+    let video = video::serialize(video::enum_format(&params)).unwrap();
+    assert!(pipewire::spa::pod::Pod::from_bytes(&video).is_some());
+    let buffers = video::serialize(video::buffers_param()).unwrap();
+    assert!(pipewire::spa::pod::Pod::from_bytes(&buffers).is_some());
+    let audio = video::serialize(audio::enum_format(6)).unwrap();
+    assert!(pipewire::spa::pod::Pod::from_bytes(&audio).is_some());
+    assert_eq!(audio::positions(8).len(), 8);
+}
+
+/// A BGRx source with padded rows (stride 24 for 4 pixels) into a slot with stride 64.
+#[test]
+fn copy_honours_source_and_slot_strides() {
+    let (w, h) = (4u32, 3u32);
+    let mut src = vec![0xEEu8; 8 + 24 * 3];
+    for row in 0..3 {
+        for byte in 0..16 {
+            src[8 + row * 24 + byte] = (row * 16 + byte) as u8;
+        }
+    }
+    let planes = source_planes(PixelFormat::Bgrx, w, h, &[(8, 24)]).unwrap();
+    assert_eq!(
+        planes,
+        vec![SourcePlane {
+            data: 0,
+            offset: 8,
+            stride: 24
+        }]
+    );
+    let mut slot = vec![0u8; 64 * 3];
+    let dst = [Plane {
+        offset: 0,
+        stride: 64,
+    }];
+    assert!(copy_frame(
+        PixelFormat::Bgrx,
+        w,
+        h,
+        &[&src],
+        &planes,
+        &mut slot,
+        &dst
+    ));
+    for row in 0..3 {
+        for byte in 0..16 {
+            assert_eq!(slot[row * 64 + byte], (row * 16 + byte) as u8);
+        }
+        // The padding of the slot rows is not written from the source's padding.
+        assert_eq!(slot[row * 64 + 16], 0);
+    }
+}
+
+#[test]
+fn contiguous_nv12_finds_its_chroma_plane() {
+    let (w, h) = (6u32, 4u32);
+    // Y rows of stride 8, then 2 UV rows of stride 8.
+    let mut src = vec![0u8; 8 * 4 + 8 * 2];
+    for (i, byte) in src.iter_mut().enumerate() {
+        *byte = i as u8;
+    }
+    let planes = source_planes(PixelFormat::Nv12, w, h, &[(0, 8)]).unwrap();
+    assert_eq!(planes[1].offset, 32);
+    assert_eq!(planes[1].stride, 8);
+    let dst = [
+        Plane {
+            offset: 0,
+            stride: 6,
+        },
+        Plane {
+            offset: 24,
+            stride: 6,
+        },
+    ];
+    let mut slot = vec![0u8; 36];
+    assert!(copy_frame(
+        PixelFormat::Nv12,
+        w,
+        h,
+        &[&src],
+        &planes,
+        &mut slot,
+        &dst
+    ));
+    assert_eq!(&slot[0..6], &[0, 1, 2, 3, 4, 5]);
+    assert_eq!(&slot[6..12], &[8, 9, 10, 11, 12, 13]);
+    assert_eq!(&slot[24..30], &[32, 33, 34, 35, 36, 37]);
+    assert_eq!(&slot[30..36], &[40, 41, 42, 43, 44, 45]);
+    // Two data blocks: one plane each, with their own chunk offsets.
+    let planes = source_planes(PixelFormat::Nv12, w, h, &[(0, 8), (4, 8)]).unwrap();
+    assert_eq!(
+        planes[1],
+        SourcePlane {
+            data: 1,
+            offset: 4,
+            stride: 8
+        }
+    );
+}
+
+#[test]
+fn lying_chunks_copy_nothing() {
+    let src = vec![7u8; 100];
+    let mut slot = vec![0u8; 4096];
+    let dst = [Plane {
+        offset: 0,
+        stride: 64,
+    }];
+    // Rows past the mapped block.
+    let planes = source_planes(PixelFormat::Bgrx, 10, 10, &[(0, 40)]).unwrap();
+    assert!(!copy_frame(
+        PixelFormat::Bgrx,
+        10,
+        10,
+        &[&src],
+        &planes,
+        &mut slot,
+        &dst
+    ));
+    // An offset near the end of the address space.
+    let planes = source_planes(PixelFormat::Bgrx, 1, 1, &[(u32::MAX, 4)]).unwrap();
+    assert!(!copy_frame(
+        PixelFormat::Bgrx,
+        1,
+        1,
+        &[&src],
+        &planes,
+        &mut slot,
+        &dst
+    ));
+    // A stride shorter than a row, and a negative one.
+    let planes = source_planes(PixelFormat::Bgrx, 4, 2, &[(0, 8)]).unwrap();
+    assert!(!copy_frame(
+        PixelFormat::Bgrx,
+        4,
+        2,
+        &[&src],
+        &planes,
+        &mut slot,
+        &dst
+    ));
+    assert!(source_planes(PixelFormat::Bgrx, 4, 2, &[(0, -16)]).is_none());
+    // A slot too small for the picture.
+    let planes = source_planes(PixelFormat::Bgrx, 4, 2, &[(0, 16)]).unwrap();
+    let mut tiny = vec![0u8; 70];
+    assert!(!copy_frame(
+        PixelFormat::Bgrx,
+        4,
+        2,
+        &[&src],
+        &planes,
+        &mut tiny,
+        &dst
+    ));
+    assert!(slot.iter().all(|&b| b == 0) && tiny.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn samples_decode_whole_frames_only() {
+    let mut bytes = Vec::new();
+    for v in [0.5f32, -0.25, 1.0, 0.0, 0.75] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut out = Vec::new();
+    decode_samples(&bytes, 2, &mut out);
+    assert_eq!(out, vec![0.5, -0.25, 1.0, 0.0]);
+    decode_samples(&bytes[..3], 2, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn sample_clock_is_continuous_and_resyncs_after_a_gap() {
+    let mut clock = SampleClock::default();
+    let t0 = 1_000_000_000u64;
+    // 480 frames = 10 ms per buffer; callbacks jitter by 3 ms.
+    assert_eq!(clock.stamp(t0 + 10_000_000, 480), t0);
+    assert_eq!(clock.stamp(t0 + 23_000_000, 480), t0 + 10_000_000);
+    assert_eq!(clock.stamp(t0 + 28_000_000, 480), t0 + 20_000_000);
+    // A 100 ms stall: the wall clock wins.
+    assert_eq!(clock.stamp(t0 + 140_000_000, 480), t0 + 130_000_000);
+}
+
+fn session(width: u32, height: u32, fps: u32) -> SessionParams {
+    SessionParams {
+        width,
+        height,
+        fps,
+        bitrate_kbps: 5_000,
+        codec: VideoCodec::H264,
+        audio: AudioLayout::Stereo,
+        audio_packet_ms: 5,
+    }
+}
+
+/// Capture's sinks wired to an encode stand-in: a reader of the pool and the frame channel, and a
+/// consumer of the PCM ring.
+struct Pipeline {
+    video: Arc<Mutex<VideoSink>>,
+    audio: Arc<Mutex<AudioSink>>,
+    encode_channel: Channel,
+    reader: FramePool,
+    pcm: Consumer,
+    spec: FramePoolSpec,
+}
+
+fn pipeline(params: &SessionParams) -> Pipeline {
+    let spec = FramePoolSpec {
+        slots: 4,
+        slot_bytes: 1 << 20,
+    };
+    let memfd = create_pool("pw-test-pool", &spec).unwrap();
+    let ro = read_only_fd(std::os::fd::AsFd::as_fd(&memfd)).unwrap();
+    let writer = FramePool::map(memfd, spec, true).unwrap();
+    let reader = FramePool::map(ro, spec, false).unwrap();
+    let (capture_end, encode_end) = Channel::pair().unwrap();
+    let counters = Arc::new(Counters::default());
+    let video = VideoSink::new(writer, capture_end, counters.clone());
+    let ring = create_ring("pw-test-pcm", PCM_RING_BYTES, 1).unwrap();
+    let producer = Producer::attach(
+        ring.memfd.try_clone().unwrap(),
+        ring.doorbell.try_clone().unwrap(),
+        1,
+    )
+    .unwrap();
+    let pcm = Consumer::attach(ring.memfd, ring.doorbell, 1).unwrap();
+    let audio = AudioSink::new(
+        producer,
+        params.audio.channels(),
+        params.audio_samples_per_packet(),
+        counters,
+    )
+    .unwrap();
+    Pipeline {
+        video: Arc::new(Mutex::new(video)),
+        audio: Arc::new(Mutex::new(audio)),
+        encode_channel: encode_end,
+        reader,
+        pcm,
+        spec,
+    }
+}
+
+/// What the encode stand-in saw.
+#[derive(Default)]
+struct Seen {
+    frames: Vec<(u64, u32, u32, PixelFormat, u64, [u8; 4])>,
+    audio_records: Vec<(u64, u64, usize)>,
+}
+
+/// Plays encode for `run`: checks and releases every frame, reads one pixel from the middle of
+/// each, and drains the PCM ring.
+fn play_encode(pipeline: &mut Pipeline, run: Duration) -> Seen {
+    let mut seen = Seen::default();
+    let start = Instant::now();
+    while start.elapsed() < run {
+        if let Ok(received) = pipeline
+            .encode_channel
+            .recv_timeout::<CaptureToEncode>(Duration::from_millis(5))
+        {
+            let CaptureToEncode::Frame(desc) = received.msg;
+            desc.check(&pipeline.spec).expect("frame fits the pool");
+            let plane = desc.planes[0];
+            let middle = plane.offset
+                + plane.stride * u64::from(desc.height / 2)
+                + 4 * u64::from(desc.width / 2);
+            let mut pixel = [0u8; 4];
+            assert!(pipeline
+                .reader
+                .copy_out(desc.slot, middle as usize, &mut pixel));
+            seen.frames.push((
+                desc.seq,
+                desc.width,
+                desc.height,
+                desc.format,
+                desc.captured_ns,
+                pixel,
+            ));
+            pipeline
+                .encode_channel
+                .send(&EncodeToCapture::Release { slot: desc.slot }, &[])
+                .unwrap();
+        }
+        while let Ok(Some(record)) = pipeline.pcm.next() {
+            seen.audio_records.push((
+                record.meta().seq,
+                record.meta().timestamps[TS_CAPTURED],
+                record.len(),
+            ));
+            record.release();
+        }
+    }
+    seen
+}
+
+fn reports() -> (Arc<Mutex<Vec<String>>>, impl Fn(String) + Send + 'static) {
+    collector()
+}
+
+fn collector() -> (Arc<Mutex<Vec<String>>>, impl Fn(String) + Send + 'static) {
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let sink = reports.clone();
+    (reports, move |message: String| {
+        sink.lock().unwrap().push(message)
+    })
+}
+
+/// A private PipeWire with a 320x240 BGRx source at 30 fps in a solid colour, a null sink as the
+/// default sink and a sine playing into it. `None`: skipped (binaries missing, CI unset).
+fn environment(video_name: &str) -> Option<PipeWireEnv> {
+    let mut env = PipeWireEnv::start().expect("starting the private PipeWire")?;
+    env.add_video_source(&VideoSource {
+        name: video_name.to_string(),
+        width: 320,
+        height: 240,
+        fps: 30,
+        format: "BGRx".into(),
+        // ARGB 0xFF336699: BGRx bytes 99 66 33 xx.
+        solid_argb: Some(0xFF33_6699),
+    })
+    .expect("video source");
+    env.add_null_sink("lumen-test-sink").expect("null sink");
+    env.add_player("lumen-test-player", 440).expect("player");
+    Some(env)
+}
+
+fn remote(env: &PipeWireEnv) -> OwnedFd {
+    OwnedFd::from(env.connect().expect("connecting to the private PipeWire"))
+}
+
+/// Real PipeWire → real sinks: frames of the node's size and format at about its rate, the
+/// picture's bytes intact, audio records of one packet each with rising timestamps; then a second
+/// session on the same prepared loop, against a node that does not exist, is reported by name.
+#[test]
+fn captures_video_and_monitor_audio_from_a_real_pipewire() {
+    let Some(env) = environment("lumen-test-video") else {
+        return;
+    };
+    let prepared = preload().expect("preload");
+    let params = session(1280, 720, 60);
+    let mut pipeline = pipeline(&params);
+    let (reported, report) = reports();
+    let (described, describe) = collector();
+    let capture = start(
+        &prepared,
+        remote(&env),
+        "lumen-test-video",
+        None,
+        params,
+        pipeline.video.clone(),
+        pipeline.audio.clone(),
+        report,
+        describe,
+    )
+    .expect("start");
+    // Let negotiation settle, then measure over three seconds.
+    let _ = play_encode(&mut pipeline, Duration::from_secs(1));
+    let seen = play_encode(&mut pipeline, Duration::from_secs(3));
+    drop(capture);
+    let reported = reported.lock().unwrap().clone();
+    assert!(reported.is_empty(), "reports: {reported:?}");
+    assert_eq!(
+        described.lock().unwrap().as_slice(),
+        ["pipewire BGRx 320x240@30/1 from video node \"lumen-test-video\""]
+    );
+
+    let frames = &seen.frames;
+    assert!(
+        frames.len() >= 45,
+        "{} frames in 3 s from a 30 fps node",
+        frames.len()
+    );
+    for (_, w, h, format, _, pixel) in frames {
+        assert_eq!((*w, *h, *format), (320, 240, PixelFormat::Bgrx));
+        assert_eq!(&pixel[..3], &[0x99, 0x66, 0x33], "BGR of 0x336699");
+    }
+    let first = frames.first().unwrap();
+    let last = frames.last().unwrap();
+    let secs = (last.4 - first.4) as f64 / 1e9;
+    let fps = (frames.len() - 1) as f64 / secs;
+    eprintln!(
+        "pipewire capture: {} frames at {fps:.1} fps, {} PCM records in 3 s",
+        frames.len(),
+        seen.audio_records.len()
+    );
+    assert!(
+        (22.0..=38.0).contains(&fps),
+        "{fps:.1} fps from a 30 fps node"
+    );
+    assert!(frames
+        .windows(2)
+        .all(|w| w[1].0 > w[0].0 && w[1].4 > w[0].4));
+
+    let audio = &seen.audio_records;
+    // 5 ms packets: 600 in 3 s; the null sink's timer and scheduling leave some slack.
+    assert!(
+        audio.len() >= 300,
+        "{} PCM records in 3 s (600 expected)",
+        audio.len()
+    );
+    let record_bytes = params.audio_samples_per_packet() as usize * 2 * 4;
+    assert!(audio.iter().all(|(_, _, len)| *len == record_bytes));
+    assert!(audio.windows(2).all(|w| w[1].0 > w[0].0 && w[1].1 > w[0].1));
+
+    // The loop and context go back for the next session; a missing node is reported by name.
+    let (reported, report) = reports();
+    let mut pipeline = pipeline_for_failure(&params);
+    let capture = start(
+        &prepared,
+        remote(&env),
+        "no-such-node",
+        None,
+        params,
+        pipeline.video.clone(),
+        pipeline.audio.clone(),
+        report,
+        |_| {},
+    )
+    .expect("start against a missing node still connects");
+    let waited = Instant::now();
+    while reported.lock().unwrap().is_empty() && waited.elapsed() < Duration::from_secs(15) {
+        let _ = play_encode(&mut pipeline, Duration::from_millis(100));
+    }
+    drop(capture);
+    let reported = reported.lock().unwrap().clone();
+    eprintln!("missing node reported as: {reported:?}");
+    assert_eq!(reported.len(), 1, "reports: {reported:?}");
+    assert!(reported[0].contains("no-such-node"), "{}", reported[0]);
+}
+
+fn pipeline_for_failure(params: &SessionParams) -> Pipeline {
+    pipeline(params)
+}
+
+/// Lock-down unshares a user namespace, which the kernel refuses to a multi-threaded process:
+/// preload must leave no thread behind. Threads inherit their creator's name, so any thread named
+/// like this test's thread other than itself was started by preload.
+#[test]
+fn preload_leaves_no_thread_running() {
+    // A name no other test thread has (they all start with the module path).
+    rustix::thread::set_name(c"lumen-pw-preload").unwrap();
+    let namesakes = || {
+        let own = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| *name == own)
+            .count()
+    };
+    assert_eq!(namesakes(), 1);
+    let prepared = preload().expect("preload");
+    assert_eq!(namesakes(), 1, "preload left a thread running");
+    drop(prepared);
+}
