@@ -10,7 +10,9 @@
 #![deny(unsafe_code)]
 
 pub mod audio_packetizer;
+pub mod control;
 pub mod fec;
 pub mod pattern;
+pub mod rtsp;
 pub mod stream_crypto;
 pub mod video_packetizer;
