@@ -5,8 +5,7 @@
 //! Everything works in place or into caller-owned buffers, so the send path allocates nothing.
 
 use aes::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes128Gcm, KeyInit, Nonce};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 
 /// Bytes in front of every encrypted video datagram: IV (12), frame index (4), GCM tag (16).
 pub const VIDEO_PREFIX_LEN: usize = 32;
@@ -26,6 +25,9 @@ pub enum CryptoError {
     /// The AEAD refused the message (longer than GCM allows).
     #[error("AES-GCM refused a {0}-byte message")]
     Aead(usize),
+    /// The AEAD refused the key.
+    #[error("AES-128-GCM refused the key")]
+    Key,
 }
 
 /// The 12-byte GCM IV of video datagram number `counter`: the counter as u64le in bytes 0–7, bytes 8–10
@@ -41,18 +43,22 @@ pub fn video_iv(counter: u64) -> [u8; GCM_IV_LEN] {
 /// Seals video datagrams in place (§6.6). Each call uses the next IV; an IV must never repeat under one
 /// key, so a sender that restarts with the same `rikey` must resume from [`VideoCipher::next_counter`]
 /// (or a counter never used before), not from 0.
+///
+/// AWS-LC does the sealing: its stitched AES + CLMUL assembly is about twice as fast per datagram as
+/// RustCrypto's aes-gcm here, and video is the one bulk cipher of the stream (docs/send-path.md).
 pub struct VideoCipher {
-    gcm: Aes128Gcm,
+    key: LessSafeKey,
     next_counter: u64,
 }
 
 impl VideoCipher {
     /// A cipher for `key` (the session's `rikey`) whose first datagram uses IV counter `first_counter`.
-    pub fn new(key: &[u8; 16], first_counter: u64) -> VideoCipher {
-        VideoCipher {
-            gcm: Aes128Gcm::new(key.into()),
+    pub fn new(key: &[u8; 16], first_counter: u64) -> Result<VideoCipher, CryptoError> {
+        let key = UnboundKey::new(&AES_128_GCM, key).map_err(|_| CryptoError::Key)?;
+        Ok(VideoCipher {
+            key: LessSafeKey::new(key),
             next_counter: first_counter,
-        }
+        })
     }
 
     /// The IV counter the next sealed datagram will use.
@@ -73,14 +79,14 @@ impl VideoCipher {
         let iv = video_iv(self.next_counter);
         let (prefix, shard) = datagram.split_at_mut(VIDEO_PREFIX_LEN);
         let tag = self
-            .gcm
-            .encrypt_inout_detached(&Nonce::from(iv), &[], shard.into())
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), shard)
             .map_err(|_| CryptoError::Aead(shard.len()))?;
         // Only advance once the IV has really been used, so that a failure cannot skip or reuse one.
         self.next_counter = self.next_counter.wrapping_add(1);
         prefix[..GCM_IV_LEN].copy_from_slice(&iv);
         prefix[GCM_IV_LEN..16].copy_from_slice(&frame_index.to_le_bytes());
-        prefix[16..].copy_from_slice(&tag);
+        prefix[16..].copy_from_slice(tag.as_ref());
         Ok(())
     }
 }
@@ -161,7 +167,7 @@ mod tests {
 
     #[test]
     fn seal_advances_the_counter_and_refuses_short_buffers() {
-        let mut cipher = VideoCipher::new(&[7; 16], 5);
+        let mut cipher = VideoCipher::new(&[7; 16], 5).unwrap();
         let mut short = [0u8; 31];
         assert!(cipher.seal(&mut short, 1).is_err());
         assert_eq!(cipher.next_counter(), 5);

@@ -131,12 +131,14 @@ impl VideoPacketizer {
         if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE).contains(&config.packet_size) {
             return Err(VideoError::PacketSize(config.packet_size));
         }
+        let cipher = match &config.encryption {
+            Some(e) => Some(VideoCipher::new(&e.key, e.first_iv_counter)?),
+            None => None,
+        };
         Ok(VideoPacketizer {
             packet_size: config.packet_size,
             fec: config.fec,
-            cipher: config
-                .encryption
-                .map(|e| VideoCipher::new(&e.key, e.first_iv_counter)),
+            cipher,
             next_packet: 0,
             encoders: EncoderCache::new(),
             arena: Vec::new(),

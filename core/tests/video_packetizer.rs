@@ -481,7 +481,7 @@ proptest! {
         let max = p.max_access_unit();
         let sizes: Vec<usize> = sizes.into_iter().map(|s| s.min(max)).collect();
         round_trip(&config, &sizes, seed);
-        if sizes.iter().any(|&s| s == max) {
+        if sizes.contains(&max) {
             let mut p = VideoPacketizer::new(&config).unwrap();
             let au = vec![0u8; max + 1];
             prop_assert!(p.packetize(&frame(&au, 1, FrameType::Idr)).is_err());
