@@ -370,6 +370,10 @@ impl RtspSession {
     }
 
     fn check_session(&self, req: &Request, required: bool) -> Result<(), Refusal> {
+        // The session exists from the first SETUP on; naming it earlier is naming no session.
+        if required && !(self.audio || self.video || self.control) {
+            return Err(Refusal::WrongSession);
+        }
         match req.headers.get("Session") {
             // Tolerate the `;timeout` suffix in case a client echoes the whole header.
             Some(s)
