@@ -4,7 +4,7 @@
 
 use lumen_ipc::msg::WorkerKind;
 #[allow(unused_imports)]
-use lumen_ipc::sandbox::seccomp::{allow, allow_if, rust_runtime};
+use lumen_ipc::sandbox::seccomp::{allow, allow_if, rust_runtime, SoftDenied};
 use lumen_ipc::sandbox::Policy;
 
 pub fn policy() -> Policy {
@@ -30,6 +30,16 @@ pub fn policy() -> Policy {
         ),
         allow(SYS_mprotect, "mprotect", "GPU driver mappings"),
         allow(
+            SYS_getpriority,
+            "getpriority",
+            "x265's thread pool reads the process priority for its workers",
+        ),
+        allow(
+            SYS_setpriority,
+            "setpriority",
+            "x265 lowers its worker threads' priority (raising it needs a capability we lack)",
+        ),
+        allow(
             SYS_sched_setaffinity,
             "sched_setaffinity",
             "encoder thread pinning",
@@ -42,6 +52,28 @@ pub fn policy() -> Policy {
         max_fds: 256,
         max_threads: 32,
         syscalls,
-        soft_denied: Vec::new(),
+        soft_denied: soft_denied(),
     }
+}
+
+/// Probes the codec libraries make after lock-down, when a session opens its encoder; each copes
+/// with the failure. The files are out of reach anyway (empty mount namespace, Landlock).
+fn soft_denied() -> Vec<SoftDenied> {
+    use libc::*;
+    vec![
+        SoftDenied {
+            nr: SYS_openat,
+            name: "openat",
+            errno: ENOENT,
+            why: "x265 and glibc's get_nprocs/sysconf read /proc and /sys for CPU counts when an \
+              encoder opens; they fall back to sched_getaffinity / one node",
+        },
+        SoftDenied {
+            nr: SYS_get_mempolicy,
+            name: "get_mempolicy",
+            errno: ENOSYS,
+            why: "libnuma's numa_available() (x265's thread pools) probes NUMA support; ENOSYS \
+              reads as 'no NUMA', and x265 runs one pool",
+        },
+    ]
 }

@@ -306,11 +306,21 @@ impl VideoLoop {
 
     fn serve(&mut self) -> Result<(), String> {
         let interval = Duration::from_secs(1) / self.encoder.config().fps.max(1);
+        // A live source's frames arrive a frame interval apart give or take scheduling jitter: the
+        // first repeat waits half an interval longer, so a slightly late frame is not doubled by a
+        // repeat; once the source is static, repeats keep the exact cadence.
+        let first_repeat_after = interval * 3 / 2;
+        let mut repeating = false;
         let mut last_encode = Instant::now();
         let mut next_stats = Instant::now() + STATS_INTERVAL;
         while !self.shared.stopped() {
             let now = Instant::now();
-            let deadline = last_encode + interval;
+            let deadline = last_encode
+                + if repeating {
+                    interval
+                } else {
+                    first_repeat_after
+                };
             let wait = if self.current.is_some() {
                 deadline.saturating_duration_since(now).min(POLL_SLICE)
             } else {
@@ -319,6 +329,7 @@ impl VideoLoop {
             if let Some(desc) = self.newest_frame(wait)? {
                 self.take_frame(desc)?;
                 last_encode = Instant::now();
+                repeating = false;
                 self.encode(false)?;
             } else if self.current.is_some() && Instant::now() >= deadline {
                 // Nothing new within a frame interval (static desktop): the stream keeps its rate.
@@ -329,6 +340,7 @@ impl VideoLoop {
                 } else {
                     now
                 };
+                repeating = true;
                 self.stats.repeated += 1;
                 self.encode(true)?;
             }
@@ -492,7 +504,11 @@ impl VideoLoop {
 
 fn capture_error(e: ChannelError) -> String {
     match e {
-        ChannelError::Closed => "capture closed the frame channel".to_string(),
+        ChannelError::Closed
+        | ChannelError::Syscall {
+            errno: rustix::io::Errno::CONNRESET,
+            ..
+        } => "capture closed the frame channel".to_string(),
         e => format!("frame channel: {e}"),
     }
 }
