@@ -85,13 +85,17 @@ fn frames_ns(frames: usize) -> u64 {
     (frames as u64).saturating_mul(1_000_000_000) / u64::from(AUDIO_SAMPLE_RATE)
 }
 
-/// A drift between the sample clock and the wall clock beyond this restarts the sample clock
-/// (the source skipped, or the graph stalled).
+/// The sample clock restarts from the wall clock when the wall clock runs ahead of it by more
+/// than this (samples were lost: the source skipped, or the graph stalled).
 const RESYNC_NS: u64 = 20_000_000;
 
+/// Longest the sample clock may run ahead of the wall clock.
+const MAX_AHEAD_NS: u64 = 1_000_000_000;
+
 /// Capture times of consecutive buffers: the wall clock at the process callback jitters by
-/// milliseconds, so each buffer's first sample is stamped where the previous buffer ended, and the
-/// clock only restarts from the wall clock when the two drift apart by more than [`RESYNC_NS`].
+/// milliseconds, so each buffer's first sample is stamped where the previous buffer ended. The
+/// clock only jumps forward (to the wall clock, after a gap); when buffers come in a burst after a
+/// stall it stays continuous rather than stepping back, so capture times never decrease.
 #[derive(Debug, Default)]
 pub(crate) struct SampleClock {
     next_ns: Option<u64>,
@@ -103,7 +107,14 @@ impl SampleClock {
         let span = frames_ns(frames);
         let wall = now_ns.saturating_sub(span);
         let stamp = match self.next_ns {
-            Some(next) if next.abs_diff(wall) <= RESYNC_NS => next,
+            // Ahead of the wall clock by more than a second is no burst but a source clock running
+            // fast for hours: step back once rather than drift on.
+            Some(next)
+                if wall <= next.saturating_add(RESYNC_NS)
+                    && next <= wall.saturating_add(MAX_AHEAD_NS) =>
+            {
+                next
+            }
             _ => wall,
         };
         self.next_ns = Some(stamp + span);

@@ -128,21 +128,41 @@ pub struct Prepared {
     state: Arc<Mutex<Option<LoopState>>>,
 }
 
-/// Loads a SPA factory through the context (its `context.spa-libs` table names the library).
-fn load_spa_handle(context: &ContextRc, factory: &str) -> Result<SpaHandle, PipeWireError> {
+/// Loads SPA factory `factory` from `library` (relative to the SPA plugin directory) through the
+/// context, the way PipeWire itself asks for it later, so its plugin registry finds the library.
+fn load_spa_handle(
+    context: &ContextRc,
+    library: &str,
+    factory: &str,
+) -> Result<SpaHandle, PipeWireError> {
     let name = CString::new(factory).map_err(|_| PipeWireError::Init(factory.to_string()))?;
-    // SAFETY: the context pointer is live (borrowed from `context`); name is a valid C string; a
-    // null info dict is allowed.
+    let info = pw::properties::properties! { "library.name" => library };
+    // SAFETY: the context pointer is live (borrowed from `context`); name is a valid C string;
+    // `info` outlives the call, which copies what it keeps.
     let handle = unsafe {
-        pw::sys::pw_context_load_spa_handle(context.as_raw_ptr(), name.as_ptr(), std::ptr::null())
+        pw::sys::pw_context_load_spa_handle(
+            context.as_raw_ptr(),
+            name.as_ptr(),
+            info.dict().as_raw_ptr(),
+        )
     };
     NonNull::new(handle).map(SpaHandle).ok_or_else(|| {
         PipeWireError::Init(format!(
-            "SPA factory {factory} could not be loaded ({}); is PipeWire's audioconvert plugin installed?",
+            "SPA factory {factory} from {library} could not be loaded ({}); is PipeWire's SPA \
+             plugin package installed?",
             std::io::Error::last_os_error()
         ))
     })
 }
+
+/// The SPA plugins a capture stream loads on demand (library, one factory in it). One live
+/// handle per library keeps it mapped for the process's lifetime.
+const PLUGINS: &[(&str, &str)] = &[
+    // Audio streams run through module-adapter's audio.adapt, next to audio.convert.
+    ("audioconvert/libspa-audioconvert", "audio.convert"),
+    // Input ports of a client node mix their links with audio.mixer.dsp / control.mixer.
+    ("audiomixer/libspa-audiomixer", "audio.mixer.dsp"),
+];
 
 /// The context's data loop (the thread that runs the stream's real-time side).
 fn data_loop(context: &ContextRc) -> *mut pw::sys::pw_data_loop {
@@ -156,11 +176,15 @@ pub fn preload() -> Result<Prepared, PipeWireError> {
     pw::init();
     let main_loop =
         MainLoopRc::new(None).map_err(|e| PipeWireError::Init(format!("main loop: {e}")))?;
-    let context = ContextRc::new(&main_loop, None)
+    // No mlock of stream buffers: locking memory buys nothing for a capture client, and the
+    // sandbox does not allow it.
+    let properties = pw::properties::properties! { "mem.allow-mlock" => "false" };
+    let context = ContextRc::new(&main_loop, Some(properties))
         .map_err(|e| PipeWireError::Init(format!("context: {e}")))?;
-    // Audio streams run through module-adapter's audio.adapt, which lives in the audioconvert
-    // library next to audio.convert; one live handle keeps that library loaded.
-    let plugins = vec![load_spa_handle(&context, "audio.convert")?];
+    let plugins = PLUGINS
+        .iter()
+        .map(|(library, factory)| load_spa_handle(&context, library, factory))
+        .collect::<Result<Vec<_>, _>>()?;
     // pw_context_new starts the data-loop thread, but lock-down must find the process
     // single-threaded (the kernel refuses a new user namespace to a multi-threaded process).
     // Stop it here; each session starts it again (pw_data_loop_start is a no-op when running).

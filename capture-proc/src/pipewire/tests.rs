@@ -229,6 +229,10 @@ fn sample_clock_is_continuous_and_resyncs_after_a_gap() {
     assert_eq!(clock.stamp(t0 + 28_000_000, 480), t0 + 20_000_000);
     // A 100 ms stall: the wall clock wins.
     assert_eq!(clock.stamp(t0 + 140_000_000, 480), t0 + 130_000_000);
+    // A burst of buffers at once after a stall: continuous, never backwards.
+    assert_eq!(clock.stamp(t0 + 141_000_000, 480), t0 + 140_000_000);
+    assert_eq!(clock.stamp(t0 + 141_000_000, 480), t0 + 150_000_000);
+    assert_eq!(clock.stamp(t0 + 141_000_000, 480), t0 + 160_000_000);
 }
 
 fn session(width: u32, height: u32, fps: u32) -> SessionParams {
@@ -501,4 +505,118 @@ fn preload_leaves_no_thread_running() {
     let prepared = preload().expect("preload");
     assert_eq!(namesakes(), 1, "preload left a thread running");
     drop(prepared);
+}
+
+/// Syscalls trapped by the test filter (numbers), recorded by [`on_sigsys`].
+static TRAPPED: [std::sync::atomic::AtomicI64; 32] =
+    [const { std::sync::atomic::AtomicI64::new(-1) }; 32];
+static TRAPPED_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    use std::sync::atomic::Ordering;
+    if info.is_null() {
+        return;
+    }
+    // SAFETY: the kernel hands SA_SIGINFO handlers a valid siginfo_t; for SIGSYS the int after
+    // si_signo, si_errno, si_code (padded to 16) and si_call_addr is si_syscall.
+    let nr = unsafe { std::ptr::read_unaligned(info.cast::<u8>().add(24).cast::<i32>()) };
+    let slot = TRAPPED_COUNT.fetch_add(1, Ordering::Relaxed);
+    if let Some(entry) = TRAPPED.get(slot) {
+        entry.store(i64::from(nr), Ordering::Relaxed);
+    }
+}
+
+/// Installs lumen-capture's real seccomp allowlist (and its clone3 companion) on the calling
+/// thread only — every thread it starts afterwards inherits it — with violations recorded by
+/// [`on_sigsys`] (the trapped call fails with ENOSYS) instead of killing the test process.
+fn lock_down_this_thread() {
+    let policy = crate::seccomp::policy();
+    let pid = u64::from(std::process::id());
+    let allowlist = lumen_ipc::sandbox::seccomp::allowlist_program(&policy, pid).unwrap();
+    let companions = lumen_ipc::sandbox::seccomp::companion_programs(&policy).unwrap();
+    // SAFETY: a zeroed sigaction is a valid empty one; the handler only does atomic stores.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            on_sigsys;
+        action.sa_sigaction = handler as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        assert_eq!(
+            libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()),
+            0
+        );
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+    }
+    for program in companions.iter().chain(std::iter::once(&allowlist)) {
+        let fprog = libc::sock_fprog {
+            len: u16::try_from(program.len()).unwrap(),
+            filter: program.as_ptr().cast_mut().cast(),
+        };
+        // SAFETY: fprog points at a live BPF program; without TSYNC the filter applies to this
+        // thread and its future children only.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &fprog as *const libc::sock_fprog,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    }
+}
+
+/// The same capture as above, on a thread (and the PipeWire threads it starts) under
+/// lumen-capture's seccomp allowlist after preload: frames and sound still arrive and nothing
+/// outside the allowlist is called — no `openat` (plugins and config were loaded before), no
+/// socket, only the rules in `seccomp_rules`.
+#[test]
+fn captures_under_the_capture_seccomp_allowlist() {
+    let Some(env) = environment("lumen-test-video-seccomp") else {
+        return;
+    };
+    let prepared = preload().expect("preload");
+    let params = session(1280, 720, 60);
+    let mut pipeline = pipeline(&params);
+    let remote = remote(&env);
+    let (video, audio) = (pipeline.video.clone(), pipeline.audio.clone());
+    let (reported, report) = reports();
+    let locked = std::thread::spawn(move || {
+        lock_down_this_thread();
+        let capture = start(
+            &prepared,
+            remote,
+            "lumen-test-video-seccomp",
+            None,
+            params,
+            video,
+            audio,
+            report,
+            |_| {},
+        );
+        (capture, prepared)
+    });
+    let seen = play_encode(&mut pipeline, Duration::from_secs(3));
+    let (capture, prepared) = locked.join().unwrap();
+    let more = play_encode(&mut pipeline, Duration::from_secs(1));
+    let started = capture.map(drop);
+    drop(prepared);
+    let count = TRAPPED_COUNT.load(std::sync::atomic::Ordering::Relaxed);
+    let trapped: Vec<i64> = TRAPPED
+        .iter()
+        .take(count)
+        .map(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert!(
+        trapped.is_empty(),
+        "syscalls outside the allowlist ({count}; numbers from asm/unistd_64.h): {trapped:?}"
+    );
+    started.expect("start under seccomp");
+    let reported = reported.lock().unwrap().clone();
+    assert!(reported.is_empty(), "reports: {reported:?}");
+    let frames = seen.frames.len() + more.frames.len();
+    let records = seen.audio_records.len() + more.audio_records.len();
+    eprintln!("under seccomp: {frames} frames, {records} PCM records in 4 s");
+    assert!(frames >= 60, "{frames} frames in 4 s from a 30 fps node");
+    assert!(records >= 300, "{records} PCM records in 4 s");
 }
