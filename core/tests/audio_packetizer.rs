@@ -258,3 +258,53 @@ proptest! {
         round_trip(&config, &packets, seed);
     }
 }
+
+#[test]
+fn audio_packetizing_does_not_allocate() {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNTING: Cell<bool> = const { Cell::new(false) };
+        static COUNT: Cell<usize> = const { Cell::new(0) };
+    }
+    struct Counting;
+    // SAFETY: forwards every call unchanged to the system allocator; the counter touches only
+    // const-initialized thread-locals, which never allocate.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = COUNTING.try_with(|on| {
+                if on.get() {
+                    let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+                }
+            });
+            // SAFETY: forwarded with the caller's layout.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System.alloc` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    let config = AudioStreamConfig {
+        packet_duration_ms: 5,
+        encryption: Some(AudioEncryption {
+            key: KEY,
+            rikeyid: 1,
+        }),
+    };
+    COUNTING.with(|on| on.set(true));
+    let mut p = AudioPacketizer::new(&config);
+    assert!(COUNT.with(|c| c.replace(0)) > 0, "the counter counts");
+    let opus = [0x33u8; 120];
+    let mut datagrams = 0;
+    for _ in 0..64 {
+        datagrams += p.packetize(&opus).unwrap().iter().count();
+    }
+    COUNTING.with(|on| on.set(false));
+    assert_eq!(datagrams, 64 + 32);
+    assert_eq!(COUNT.with(|c| c.get()), 0, "allocations while packetizing");
+}

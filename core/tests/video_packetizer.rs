@@ -488,3 +488,90 @@ proptest! {
         }
     }
 }
+
+/// Counts heap allocations made by the current thread while `COUNTING` is set (other test threads
+/// allocate freely).
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static COUNTING: Cell<bool> = const { Cell::new(false) };
+        static COUNT: Cell<usize> = const { Cell::new(0) };
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; the counter only reads and
+    // writes const-initialized thread-locals, which never allocate.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note();
+            // SAFETY: forwarded with the caller's layout, as GlobalAlloc requires.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System.alloc` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note();
+            // SAFETY: `ptr` came from `System.alloc` with `layout`.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    fn note() {
+        let _ = COUNTING.try_with(|on| {
+            if on.get() {
+                let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+            }
+        });
+    }
+
+    /// Allocations `f` makes on this thread.
+    pub fn allocations(f: impl FnOnce()) -> usize {
+        COUNT.with(|c| c.set(0));
+        COUNTING.with(|on| on.set(true));
+        f();
+        COUNTING.with(|on| on.set(false));
+        COUNT.with(|c| c.get())
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
+
+#[test]
+fn steady_state_packetizing_does_not_allocate() {
+    let mut rng = Rng(5);
+    let frames: Vec<Vec<u8>> = [150_000, 40_000, 600_000, 38_000, 1_500_000, 1]
+        .iter()
+        .map(|&n| rng.bytes(n))
+        .collect();
+    for encrypted in [false, true] {
+        let mut p = VideoPacketizer::new(&config(1392, 20, 2, encrypted)).unwrap();
+        // First pass: the buffer grows and an encoder is built per block shape (which also shows
+        // that the counter counts).
+        let first = alloc_count::allocations(|| {
+            for (n, au) in frames.iter().enumerate() {
+                p.packetize(&frame(au, n as u32 + 1, FrameType::P)).unwrap();
+            }
+        });
+        assert!(first > 0);
+        let count = alloc_count::allocations(|| {
+            for (n, au) in frames.iter().enumerate() {
+                let out = p
+                    .packetize(&frame(au, n as u32 + 10, FrameType::P))
+                    .unwrap();
+                assert!(!out.is_empty());
+            }
+        });
+        assert_eq!(
+            count, 0,
+            "allocations in steady state (encrypted: {encrypted})"
+        );
+    }
+}
