@@ -22,7 +22,7 @@ use spa::pod::{Object, Pod};
 use spa::utils::SpaTypes;
 
 use super::video::serialize;
-use super::{PcmSink, PipeWireError, Reporter, Target};
+use super::{explain, PcmSink, PipeWireError, Reporter, Target};
 
 /// The channel positions for a session's channel count.
 pub(crate) fn positions(channels: u32) -> &'static [u32] {
@@ -306,7 +306,7 @@ impl<'c, A: PcmSink> AudioCapture<'c, A> {
                 StreamFlags::AUTOCONNECT | StreamFlags::MAP_BUFFERS | flags,
                 &mut [pod],
             )
-            .map_err(|e| PipeWireError::Stream(format!("connecting to {what}: {e}")))?;
+            .map_err(|e| PipeWireError::Stream(format!("connecting to {what}: {}", explain(&e))))?;
         Ok(AudioCapture {
             _listener: listener,
             _stream: stream,

@@ -98,6 +98,19 @@ impl std::fmt::Display for PipeWireError {
 
 impl std::error::Error for PipeWireError {}
 
+/// A PipeWire error as a message, with the cause spelled out where the sandbox is the reason.
+pub(crate) fn explain(e: &pw::Error) -> String {
+    let text = e.to_string();
+    if text == std::io::Error::from_raw_os_error(libc::EFBIG).to_string() {
+        format!(
+            "{text}: PipeWire sizes its shared-memory pool (memfds) with ftruncate, and this \
+             worker's RLIMIT_FSIZE forbids it"
+        )
+    } else {
+        text
+    }
+}
+
 /// A loaded SPA plugin handle, unloaded on drop. Holding it keeps its library mapped, so later
 /// handles from the same library are found in PipeWire's plugin registry without touching disk.
 struct SpaHandle(NonNull<pw::spa::sys::spa_handle>);
@@ -173,6 +186,17 @@ fn data_loop(context: &ContextRc) -> *mut pw::sys::pw_data_loop {
 /// Before lock-down: initialises PipeWire, creates the loop and context, and loads every plugin a
 /// later video or audio stream needs. Starts no thread.
 pub fn preload() -> Result<Prepared, PipeWireError> {
+    // PipeWire sizes its shared-memory pool with ftruncate; where the sandbox's RLIMIT_FSIZE
+    // forbids that, the call must fail (and the session with a message), not kill the worker
+    // with SIGXFSZ.
+    // SAFETY: SIG_IGN installs no handler code; ignoring SIGXFSZ only turns an over-limit write
+    // into an EFBIG error.
+    if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(PipeWireError::Init(format!(
+            "ignoring SIGXFSZ: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
     pw::init();
     let main_loop =
         MainLoopRc::new(None).map_err(|e| PipeWireError::Init(format!("main loop: {e}")))?;
@@ -400,7 +424,7 @@ fn run_session<V: FrameSink, A: PcmSink>(
     let core = match state.context.connect_fd(remote, None) {
         Ok(core) => core,
         Err(e) => {
-            let _ = ready.send(Err(PipeWireError::Connect(e.to_string())));
+            let _ = ready.send(Err(PipeWireError::Connect(explain(&e))));
             return;
         }
     };

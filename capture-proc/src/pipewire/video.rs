@@ -24,7 +24,7 @@ use spa::pod::ChoiceValue;
 use spa::pod::{Object, Pod, Property, PropertyFlags, Value};
 use spa::utils::{Choice, ChoiceEnum, ChoiceFlags, Fraction, Rectangle, SpaTypes};
 
-use super::{FrameSink, PipeWireError, Reporter, Target};
+use super::{explain, FrameSink, PipeWireError, Reporter, Target};
 
 /// Largest side a PipeWire picture may have (what frame descriptions accept).
 const MAX_SIDE: u32 = 16384;
@@ -503,7 +503,7 @@ impl<'c, V: FrameSink> VideoCapture<'c, V> {
                 StreamFlags::AUTOCONNECT | StreamFlags::MAP_BUFFERS | StreamFlags::DONT_RECONNECT,
                 &mut [pod],
             )
-            .map_err(|e| PipeWireError::Stream(format!("connecting to {what}: {e}")))?;
+            .map_err(|e| PipeWireError::Stream(format!("connecting to {what}: {}", explain(&e))))?;
         Ok(VideoCapture {
             _listener: listener,
             _stream: stream,
