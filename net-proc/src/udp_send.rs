@@ -596,4 +596,41 @@ mod tests {
             vec![b"first".to_vec(), b"second datagram".to_vec()]
         );
     }
+    /// Send-side throughput on loopback, GSO against sendmmsg, unpaced 4K-IDR-sized frames into a
+    /// sink that is not read (the kernel drops at the full socket, after the whole send path).
+    /// `cargo test -p lumen-net --release -- --ignored --nocapture loopback_throughput`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn loopback_throughput() {
+        let (count, len) = (526, 1440);
+        let buf = frame(count, len);
+        let unpaced = Pacing {
+            spread: 0.0,
+            ..Pacing::default()
+        };
+        for force_mmsg in [false, true, false, true] {
+            let (tx, rx) = pair();
+            let to = rx.local_addr().unwrap();
+            let mut sender = UdpSender::new(tx, Some(to), unpaced).unwrap();
+            if force_mmsg {
+                sender.disable_gso();
+            }
+            let start = Instant::now();
+            let mut frames = 0u64;
+            let mut calls = 0;
+            while start.elapsed() < Duration::from_millis(500) {
+                calls += sender.send_frame(&buf, len, Duration::ZERO).unwrap().calls;
+                frames += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let datagrams = frames as f64 * count as f64;
+            println!(
+                "{:?}: {:.2} Mpps, {:.1} Gbit/s, {:.1} datagrams per call",
+                sender.mode(),
+                datagrams / secs / 1e6,
+                datagrams * len as f64 * 8.0 / secs / 1e9,
+                datagrams / calls as f64
+            );
+        }
+    }
 }
