@@ -1,6 +1,7 @@
 //! Helpers shared by the whole-system tests in `tests/tests/`: finding the built binaries, a scratch
 //! directory, and a running `lumen-broker serve` that is stopped (and checked for leftovers) on drop.
 
+pub mod media;
 pub mod pipewire_env;
 
 use std::path::{Path, PathBuf};
@@ -12,13 +13,18 @@ use serde_json::Value;
 
 /// Directory holding `lumen-broker` and the worker binaries of this build (`target/<profile>`).
 pub fn bin_dir() -> Result<PathBuf> {
-    // Test executables live in target/<profile>/deps/; the binaries one level up.
+    // Test executables live in target/<profile>/deps/, the binaries one level up; a benchmark
+    // binary of this crate lives beside them.
     let exe = std::env::current_exe().context("current_exe")?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no grandparent directory")?
-        .to_path_buf();
+    let parent = exe.parent().context("executable has no directory")?;
+    let dir = if parent.join("lumen-broker").is_file() {
+        parent.to_path_buf()
+    } else {
+        parent
+            .parent()
+            .context("test executable has no grandparent directory")?
+            .to_path_buf()
+    };
     for name in [
         "lumen-broker",
         "lumen-net",
@@ -93,9 +99,23 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker and waits until every worker reports running.
     pub fn start(tag: &str) -> Result<Broker> {
+        Broker::start_with_config(tag, "")
+    }
+
+    /// Starts a broker whose state dir holds `config` as `config.toml`, with `env` added to its
+    /// environment, and waits until every worker reports running.
+    pub fn start_with_config(tag: &str, config: &str) -> Result<Broker> {
+        Broker::start_with(tag, config, &[])
+    }
+
+    /// [`Broker::start_with_config`] with extra environment variables.
+    pub fn start_with(tag: &str, config: &str, env: &[(&str, &str)]) -> Result<Broker> {
         let state_dir = ScratchDir::new(tag)?;
+        std::fs::write(state_dir.path().join("config.toml"), config)
+            .context("writing config.toml")?;
         let port_base = unique_port_base();
         let child = Command::new(bin("lumen-broker")?)
+            .envs(env.iter().copied())
             .arg("--state-dir")
             .arg(state_dir.path())
             .args(["serve", "--bind", "127.0.0.1", "--port-base"])

@@ -2,7 +2,9 @@
 //! consumer, and rewires everything when capture or encode restarts.
 //!
 //! One session at a time (one screen, one encoder). Starting a session builds fresh plumbing
-//! ([`plumbing`]) under a new generation and sends each worker its ends; when capture or encode
+//! ([`plumbing`]) under a new generation and sends each worker its ends, encode first: capture
+//! starts once encode reports its encoder open, so no frame waits on an encoder still opening (it
+//! would be dropped as stale, a gap at the start of every stream). When capture or encode
 //! comes back after a crash, the session is rebuilt under the next generation and the consumer is
 //! handed the new rings, so no worker ever reads memory a dead one may have left half-written.
 //! What the workers report (`SessionStarted`, `SessionFailed`, `SessionStats`) for the current
@@ -68,6 +70,9 @@ struct Active {
     source: CaptureSource,
     target: ConsumerTarget,
     status: SessionStatus,
+    /// Capture's start, held back until encode has opened its encoder for this generation, so
+    /// no frame is captured (and dropped as stale) while the encoder is still opening.
+    capture_start: Option<(BrokerMsg, Vec<OwnedFd>)>,
 }
 
 struct State {
@@ -154,7 +159,6 @@ impl Sessions {
             self.config.max_source(),
             generation,
         )?;
-        self.send(WorkerKind::Capture, plumbing.capture);
         self.send(WorkerKind::Encode, plumbing.encode);
         let status = SessionStatus {
             params,
@@ -173,6 +177,7 @@ impl Sessions {
             source,
             target,
             status,
+            capture_start: Some(plumbing.capture),
         });
         Ok(plumbing.consumer)
     }
@@ -269,9 +274,12 @@ impl Sessions {
         active.status.rebuilds += 1;
         active.status.capture = WorkerPart::waiting();
         active.status.encode = WorkerPart::waiting();
-        state.next_generation += 1;
-        self.send(WorkerKind::Capture, plumbing.capture);
+        active.capture_start = Some(plumbing.capture);
+        // Capture of the old generation stops feeding the dead plumbing now; it starts anew once
+        // the encoder of the new one is open.
+        self.send(WorkerKind::Capture, (BrokerMsg::StopSession, Vec::new()));
         self.send(WorkerKind::Encode, plumbing.encode);
+        state.next_generation += 1;
     }
 
     fn on_report(&self, kind: WorkerKind, msg: WorkerMsg) {
@@ -280,6 +288,13 @@ impl Sessions {
             return;
         };
         let current = active.status.generation;
+        if kind == WorkerKind::Encode
+            && matches!(msg, WorkerMsg::SessionStarted { generation } if generation == current)
+        {
+            if let Some(start) = active.capture_start.take() {
+                self.send(WorkerKind::Capture, start);
+            }
+        }
         let Some(part) = part_of(&mut active.status, kind) else {
             return;
         };

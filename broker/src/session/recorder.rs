@@ -52,11 +52,20 @@ struct Outputs {
     audio_csv: BufWriter<File>,
     /// Granule position: 48 kHz samples so far (RFC 7845 counts at 48 kHz always).
     granule: u64,
+    /// The newest packet, written once the next arrives (or as the stream's last at the end:
+    /// Ogg marks the end on a real packet, and an empty Opus packet would not decode).
+    pending_audio: Option<(Vec<u8>, u64)>,
+    /// Lacing segments in the Ogg page being filled. Pages are ended well before the 255-segment
+    /// limit: the ogg crate (0.9) writes a stray empty packet when a page fills up exactly.
+    page_segments: usize,
     samples_per_packet: u64,
     summary: RecordSummary,
 }
 
 const OGG_SERIAL: u32 = 0x6c756d65;
+
+/// Segments after which an Ogg page is ended (an Opus packet of 5–20 ms takes 1–9 segments).
+const MAX_PAGE_SEGMENTS: usize = 200;
 
 fn create(dir: &Path, name: &str) -> anyhow::Result<BufWriter<File>> {
     let path = dir.join(name);
@@ -130,6 +139,8 @@ impl Outputs {
             audio,
             audio_csv,
             granule: 0,
+            pending_audio: None,
+            page_segments: 0,
             samples_per_packet: u64::from(params.audio_samples_per_packet()),
             summary: RecordSummary {
                 dir: dir.to_path_buf(),
@@ -179,14 +190,19 @@ impl Outputs {
             record.release();
             let read = monotonic_ns();
             self.granule += self.samples_per_packet;
-            self.audio
-                .write_packet(
-                    buf.clone(),
-                    OGG_SERIAL,
-                    PacketWriteEndInfo::NormalPacket,
-                    self.granule,
-                )
-                .context("writing an Opus packet")?;
+            if let Some((packet, granule)) = self.pending_audio.replace((buf.clone(), self.granule))
+            {
+                self.page_segments += packet.len() / 255 + 1;
+                let end = if self.page_segments >= MAX_PAGE_SEGMENTS {
+                    self.page_segments = 0;
+                    PacketWriteEndInfo::EndPage
+                } else {
+                    PacketWriteEndInfo::NormalPacket
+                };
+                self.audio
+                    .write_packet(packet, OGG_SERIAL, end, granule)
+                    .context("writing an Opus packet")?;
+            }
             writeln!(
                 self.audio_csv,
                 "{},{},{},{},{},{}",
@@ -203,15 +219,12 @@ impl Outputs {
     }
 
     fn finish(mut self) -> anyhow::Result<RecordSummary> {
-        // An empty last page marks the end of the logical stream.
-        self.audio
-            .write_packet(
-                Vec::new(),
-                OGG_SERIAL,
-                PacketWriteEndInfo::EndStream,
-                self.granule,
-            )
-            .context("ending the Ogg stream")?;
+        // The last packet ends the logical stream (an empty one would not decode).
+        if let Some((packet, granule)) = self.pending_audio.take() {
+            self.audio
+                .write_packet(packet, OGG_SERIAL, PacketWriteEndInfo::EndStream, granule)
+                .context("ending the Ogg stream")?;
+        }
         self.audio.inner_mut().flush()?;
         self.video.flush()?;
         self.frames_csv.flush()?;

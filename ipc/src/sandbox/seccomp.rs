@@ -84,6 +84,9 @@ pub enum ArgRule {
     },
 }
 
+/// `prctl(PR_GET_AUXV)` (Linux 6.4); not in every libc crate yet.
+const PR_GET_AUXV: u64 = 0x4155_5856;
+
 /// Shorthand for the rule tables.
 pub const fn allow(nr: libc::c_long, name: &'static str, why: &'static str) -> SyscallRule {
     SyscallRule {
@@ -289,9 +292,10 @@ pub fn rust_runtime() -> Vec<SyscallRule> {
             "prctl",
             ArgRule::OneOf {
                 arg: 0,
-                values: &[PR_SET_NAME as u64, PR_GET_NAME as u64],
+                values: &[PR_SET_NAME as u64, PR_GET_NAME as u64, PR_GET_AUXV],
             },
-            "thread names",
+            "thread names; PR_GET_AUXV (reads our own auxiliary vector: CPU feature probes in \
+             codec libraries)",
         ),
         allow_if(
             SYS_prlimit64,
