@@ -25,5 +25,7 @@ pub fn policy() -> Policy {
         max_threads: 8,
         syscalls,
         soft_denied: Vec::new(),
+        // PipeWire's client sizes memfds for its buffer pools with ftruncate.
+        max_file_bytes: 256 << 20,
     }
 }

@@ -53,6 +53,7 @@ pub fn policy() -> Policy {
         max_threads: 32,
         syscalls,
         soft_denied: soft_denied(),
+        max_file_bytes: 0,
     }
 }
 
@@ -74,6 +75,14 @@ fn soft_denied() -> Vec<SoftDenied> {
             errno: ENOSYS,
             why: "libnuma's numa_available() (x265's thread pools) probes NUMA support; ENOSYS \
               reads as 'no NUMA', and x265 runs one pool",
+        },
+        SoftDenied {
+            nr: SYS_sched_setscheduler,
+            name: "sched_setscheduler",
+            errno: EPERM,
+            why:
+                "SVT-AV1 starts every thread with SCHED_FIFO priority 99 and retries without it on \
+              EPERM, which is what the kernel answers a process without CAP_SYS_NICE anyway",
         },
     ]
 }

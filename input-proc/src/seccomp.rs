@@ -19,5 +19,6 @@ pub fn policy() -> Policy {
         max_threads: 4,
         syscalls,
         soft_denied: Vec::new(),
+        max_file_bytes: 0,
     }
 }

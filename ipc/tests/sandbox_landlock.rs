@@ -57,6 +57,7 @@ fn probe_policy() -> Policy {
         max_threads: 0,
         syscalls,
         soft_denied: Vec::new(),
+        max_file_bytes: 0,
     }
 }
 

@@ -62,5 +62,6 @@ pub fn policy() -> Policy {
         max_threads: 16,
         syscalls,
         soft_denied: Vec::new(),
+        max_file_bytes: 0,
     }
 }

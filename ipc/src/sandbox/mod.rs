@@ -42,6 +42,10 @@ pub struct Policy {
     /// nothing (the mount namespace is empty and Landlock grants no file access); the errno only
     /// spares the worker's life.
     pub soft_denied: Vec<SoftDenied>,
+    /// RLIMIT_FSIZE: the largest file the worker may grow. 0 for workers that write no file; a
+    /// worker whose libraries size memfds with `ftruncate` (PipeWire's buffer pools) needs room,
+    /// as the limit applies to memfds too. It opens no path either way.
+    pub max_file_bytes: u64,
 }
 
 /// The user's explicit opt-outs, passed by the broker as named command-line flags.

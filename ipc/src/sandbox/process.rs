@@ -21,10 +21,14 @@ fn limit(resource: Resource, value: u64, step: &'static str) -> Result<(), Sandb
 }
 
 /// No core dumps (they would write worker memory, session keys included, to disk), no file growth
-/// (a worker writes no file), and a bounded number of fds.
+/// beyond the policy's (none for a worker that sizes no memfd), and a bounded number of fds.
 pub fn set_early_limits(policy: &Policy) -> Result<(), SandboxError> {
     limit(Resource::Core, 0, "setrlimit(RLIMIT_CORE)")?;
-    limit(Resource::Fsize, 0, "setrlimit(RLIMIT_FSIZE)")?;
+    limit(
+        Resource::Fsize,
+        policy.max_file_bytes,
+        "setrlimit(RLIMIT_FSIZE)",
+    )?;
     limit(Resource::Nofile, policy.max_fds, "setrlimit(RLIMIT_NOFILE)")?;
     Ok(())
 }

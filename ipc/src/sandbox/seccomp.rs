@@ -708,6 +708,7 @@ mod tests {
                 errno: libc::ENOENT,
                 why: "test",
             }],
+            max_file_bytes: 0,
         };
         policy.syscalls.retain(|r| r.nr != libc::SYS_openat);
         // SAFETY: getpid takes no arguments.
