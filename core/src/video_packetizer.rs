@@ -408,8 +408,9 @@ fn fill_payload(out: &mut [u8], index: usize, header: &[u8; FRAME_HEADER_LEN], a
     } else {
         index * chunk - FRAME_HEADER_LEN
     };
-    let take = au.len().saturating_sub(au_start).min(chunk - written);
-    out[written..written + take].copy_from_slice(&au[au_start..au_start + take]);
+    let rest = au.get(au_start..).unwrap_or_default();
+    let take = rest.len().min(chunk - written);
+    out[written..written + take].copy_from_slice(&rest[..take]);
     out[written + take..].fill(0);
 }
 
