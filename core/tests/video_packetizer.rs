@@ -473,10 +473,13 @@ proptest! {
         packet_size in 512usize..=1392,
         percent in 0u8..=100,
         min_parity in 0u8..=3,
+        max_blocks in prop_oneof![3 => Just(4u8), 1 => 1u8..=3],
         encrypted in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let config = config(packet_size, percent, min_parity, encrypted);
+        let mut config = config(packet_size, percent, min_parity, encrypted);
+        // 1 block: clients below appversion 7.1.431 (no multi-FEC).
+        config.fec.max_blocks = max_blocks;
         let p = VideoPacketizer::new(&config).unwrap();
         let max = p.max_access_unit();
         let sizes: Vec<usize> = sizes.into_iter().map(|s| s.min(max)).collect();
