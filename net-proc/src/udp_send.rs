@@ -63,6 +63,55 @@ pub struct FrameSent {
     pub elapsed: Duration,
 }
 
+/// One batch of a frame: which bytes of the frame buffer, and when it is due after the frame's start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Byte range in the frame buffer (whole datagrams).
+    pub bytes: std::ops::Range<usize>,
+    /// Earliest send time, as an offset from the frame's start.
+    pub due: Duration,
+}
+
+/// A frame's batches in send order (see [`UdpSender::schedule`]).
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    len: usize,
+    datagram_len: usize,
+    batch_bytes: usize,
+    batches: usize,
+    span: Duration,
+    next: usize,
+}
+
+impl Schedule {
+    /// Number of batches.
+    pub fn batches(&self) -> usize {
+        self.batches
+    }
+
+    /// Datagrams per full batch.
+    pub fn datagrams_per_batch(&self) -> usize {
+        self.batch_bytes / self.datagram_len
+    }
+}
+
+impl Iterator for Schedule {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if self.next >= self.batches {
+            return None;
+        }
+        let k = self.next;
+        self.next += 1;
+        let start = k * self.batch_bytes;
+        Some(Batch {
+            bytes: start..(start + self.batch_bytes).min(self.len),
+            due: self.span.mul_f64(k as f64 / self.batches as f64),
+        })
+    }
+}
+
 /// Why a frame could not be sent.
 #[derive(Debug)]
 pub enum SendError {
@@ -210,46 +259,74 @@ impl<S: AsFd> UdpSender<S> {
 
     /// Sends `datagrams` (`datagram_len` bytes each, back to back) in batches, spread over
     /// `spread × frame_interval` from now: batch k of n starts no earlier than k/n of that span.
-    /// Returns once the last batch is sent.
+    /// Returns once the last batch is sent, so it sleeps: run it on the video send thread. An event
+    /// loop can instead walk [`UdpSender::schedule`] and call [`UdpSender::send_batch_at`] when due.
     pub fn send_frame(
         &mut self,
         datagrams: &[u8],
         datagram_len: usize,
         frame_interval: Duration,
     ) -> Result<FrameSent, SendError> {
-        if datagram_len == 0 || !datagrams.len().is_multiple_of(datagram_len) {
-            return Err(SendError::Layout {
-                len: datagrams.len(),
-                datagram_len,
-            });
+        let schedule = self.schedule(datagrams.len(), datagram_len, frame_interval)?;
+        let start = Instant::now();
+        let mut calls = 0;
+        for batch in schedule {
+            // Deadlines from the frame's start, so a late wake-up is made up, not accumulated.
+            let due = start + batch.due;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            calls += self.send_batch_at(datagrams, datagram_len, &batch)?;
+        }
+        Ok(FrameSent {
+            datagrams: datagrams.len() / datagram_len,
+            calls,
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// How a frame of `len` bytes of `datagram_len`-byte datagrams is cut into batches, and when each
+    /// is due after the frame's start (the pacing of [`UdpSender::send_frame`], without the waiting).
+    pub fn schedule(
+        &self,
+        len: usize,
+        datagram_len: usize,
+        frame_interval: Duration,
+    ) -> Result<Schedule, SendError> {
+        if datagram_len == 0 || !len.is_multiple_of(datagram_len) {
+            return Err(SendError::Layout { len, datagram_len });
         }
         if datagram_len > MAX_BATCH_BYTES {
             return Err(SendError::DatagramTooLarge(datagram_len));
         }
         let per_batch = (MAX_BATCH_BYTES / datagram_len).min(self.pacing.max_segments);
         let batch_bytes = per_batch * datagram_len;
-        let batches = datagrams.len().div_ceil(batch_bytes);
-        let span = frame_interval.mul_f64(self.pacing.spread);
-        let start = Instant::now();
-        let mut sent = 0;
-        let mut calls = 0;
-        for (k, batch) in datagrams.chunks(batch_bytes).enumerate() {
-            if k > 0 {
-                // Deadlines from the frame's start, so a late wake-up is made up, not accumulated.
-                let due = start + span.mul_f64(k as f64 / batches as f64);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-            }
-            calls += self.send_batch(batch, datagram_len, sent)?;
-            sent += batch.len() / datagram_len;
-        }
-        Ok(FrameSent {
-            datagrams: sent,
-            calls,
-            elapsed: start.elapsed(),
+        Ok(Schedule {
+            len,
+            datagram_len,
+            batch_bytes,
+            batches: len.div_ceil(batch_bytes),
+            span: frame_interval.mul_f64(self.pacing.spread),
+            next: 0,
         })
+    }
+
+    /// Sends one batch of a [`Schedule`] now; returns the send calls made.
+    pub fn send_batch_at(
+        &mut self,
+        datagrams: &[u8],
+        datagram_len: usize,
+        batch: &Batch,
+    ) -> Result<usize, SendError> {
+        let bytes = datagrams
+            .get(batch.bytes.clone())
+            .filter(|b| !b.is_empty() && b.len().is_multiple_of(datagram_len))
+            .ok_or(SendError::Layout {
+                len: datagrams.len(),
+                datagram_len,
+            })?;
+        self.send_batch(bytes, datagram_len, batch.bytes.start / datagram_len)
     }
 
     /// Sends one batch (≤ 64 datagrams, ≤ 64 KiB) by GSO or `sendmmsg`; returns the calls made.
@@ -434,7 +511,7 @@ mod tests {
         buf
     }
 
-    fn set_int_opt(sock: &UdpSocket, level: i32, name: i32, value: i32) {
+    fn try_int_opt(sock: &UdpSocket, level: i32, name: i32, value: i32) -> bool {
         // SAFETY: `value` is a valid c_int for the duration of the call and its size is passed.
         let rc = unsafe {
             libc::setsockopt(
@@ -445,7 +522,14 @@ mod tests {
                 mem::size_of::<i32>() as libc::socklen_t,
             )
         };
-        assert_eq!(rc, 0, "setsockopt {level}/{name}");
+        rc == 0
+    }
+
+    fn set_int_opt(sock: &UdpSocket, level: i32, name: i32, value: i32) {
+        assert!(
+            try_int_opt(sock, level, name, value),
+            "setsockopt {level}/{name}"
+        );
     }
 
     /// Receives `count` datagrams on `rx` in a thread (so the receive buffer never overflows).
@@ -464,11 +548,19 @@ mod tests {
         })
     }
 
-    fn pair() -> (UdpSocket, UdpSocket) {
+    /// A receiving socket with a large buffer, so a frame's burst is not dropped while the receiving
+    /// thread waits for a core.
+    fn sink() -> UdpSocket {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         set_int_opt(&rx, libc::SOL_SOCKET, libc::SO_RCVBUF, 8 << 20);
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        (tx, rx)
+        // Above rmem_max only with CAP_NET_ADMIN; without it pacing and the receiving thread keep
+        // the capped buffer from overflowing.
+        let _ = try_int_opt(&rx, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
+        rx
+    }
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        (UdpSocket::bind("127.0.0.1:0").unwrap(), sink())
     }
 
     fn check_round_trip(
@@ -486,7 +578,7 @@ mod tests {
             sender.disable_gso();
         }
         let report = sender
-            .send_frame(&buf, len, Duration::from_millis(20))
+            .send_frame(&buf, len, Duration::from_millis(200))
             .unwrap();
         assert_eq!(report.datagrams, count);
         assert_eq!(sender.mode(), expect);
@@ -529,7 +621,7 @@ mod tests {
 
     #[test]
     fn an_ipv4_peer_is_reached_from_a_dual_stack_socket() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = sink();
         let tx = match UdpSocket::bind("[::]:0") {
             Ok(s) => s,
             Err(_) => return, // no IPv6 here: nothing to test
@@ -567,6 +659,25 @@ mod tests {
             .unwrap();
         assert!(report.elapsed < Duration::from_millis(60), "{report:?}");
         assert_eq!(receiver.join().unwrap().len(), count);
+    }
+
+    #[test]
+    fn the_schedule_cuts_64k_batches_due_evenly() {
+        let (tx, _rx) = pair();
+        let sender = UdpSender::new(tx, None, Pacing::default()).unwrap();
+        let schedule = sender
+            .schedule(100 * 1440, 1440, Duration::from_millis(10))
+            .unwrap();
+        assert_eq!(schedule.batches(), 3);
+        assert_eq!(schedule.datagrams_per_batch(), 45);
+        let batches: Vec<Batch> = schedule.collect();
+        assert_eq!(batches[0].bytes, 0..45 * 1440);
+        assert_eq!(batches[2].bytes, 90 * 1440..100 * 1440);
+        assert_eq!(batches[0].due, Duration::ZERO);
+        let third = Duration::from_millis(8) / 3;
+        assert!(batches[1].due.abs_diff(third) < Duration::from_micros(1));
+        let small = sender.schedule(10 * 200, 200, Duration::ZERO).unwrap();
+        assert_eq!(small.datagrams_per_batch(), 64, "at most 64 segments");
     }
 
     #[test]
