@@ -680,6 +680,70 @@ mod tests {
         assert_eq!(small.datagrams_per_batch(), 64, "at most 64 segments");
     }
 
+    /// The sender's syscalls pass the net worker's seccomp allowlist: a forked child under the real
+    /// filters sends a frame by GSO, then by sendmmsg, then one datagram, all paced.
+    #[test]
+    fn the_send_path_runs_under_the_net_workers_seccomp_filter() {
+        use lumen_ipc::sandbox::seccomp::{allowlist_program, companion_programs};
+
+        let policy = crate::seccomp::policy();
+        // SAFETY: getpid takes no arguments.
+        let pid = unsafe { libc::getpid() } as u64;
+        let allowlist = allowlist_program(&policy, pid).unwrap();
+        let companions = companion_programs(&policy).unwrap();
+        let (tx, rx) = pair();
+        let to = rx.local_addr().unwrap();
+        let (count, len) = (100, 1440);
+        let buf = frame(count, len);
+        let receiver = receive(rx, 2 * count + 1);
+        // Built before the fork: the child allocates nothing (another test thread may hold the
+        // allocator's lock at fork time).
+        let mut gso = UdpSender::new(tx.try_clone().unwrap(), Some(to), Pacing::default()).unwrap();
+        let mut mmsg = UdpSender::new(tx, Some(to), Pacing::default()).unwrap();
+        mmsg.disable_gso();
+        // SAFETY: the child installs the filters with raw syscalls and then runs only the sender's
+        // allocation-free send path on data prepared before the fork, ending in _exit.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            // SAFETY: prctl/seccomp on valid pointers to programs built before the fork.
+            unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                for program in companions.iter().chain(std::iter::once(&allowlist)) {
+                    let prog = libc::sock_fprog {
+                        len: program.len() as u16,
+                        filter: program.as_ptr() as *mut libc::sock_filter,
+                    };
+                    if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog)
+                        != 0
+                    {
+                        libc::_exit(10);
+                    }
+                }
+            }
+            let interval = Duration::from_millis(20);
+            let code = match (
+                gso.send_frame(&buf, len, interval),
+                mmsg.send_frame(&buf, len, interval),
+                gso.send_one(b"audio"),
+            ) {
+                (Ok(_), Ok(_), Ok(())) if gso.mode() == SendMode::Gso => 42,
+                _ => 11,
+            };
+            // SAFETY: ends the child without running the parent's destructors or test harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child; status is a valid out-pointer.
+        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        assert_eq!(waited, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42,
+            "the child must send under the filter and exit 42: status {status:#x}"
+        );
+        assert_eq!(receiver.join().unwrap().len(), 2 * count + 1);
+    }
+
     #[test]
     fn bad_layouts_are_refused() {
         let (tx, _rx) = pair();
