@@ -1,5 +1,7 @@
 //! A private, headless PipeWire for one test: its own `XDG_RUNTIME_DIR` (mode 0700), a session
-//! D-Bus, `pipewire`, `wireplumber`, and GStreamer test sources published as PipeWire nodes. Every
+//! D-Bus, `pipewire`, `wireplumber`, GStreamer test sources published as PipeWire nodes (video
+//! from `videotestsrc`, sound from `audiotestsrc` played into the default sink) and null audio
+//! nodes. Every
 //! process it starts is killed and reaped on drop, and the directory removed.
 //!
 //! Without the binaries (`dist/install-deps.sh` installs them) [`PipeWireEnv::start`] returns
@@ -42,12 +44,15 @@ pub struct VideoSource {
     pub solid_argb: Option<u32>,
 }
 
-/// An audio test source (GStreamer `audiotestsrc is-live=true`, a sine).
+/// A named audio source node carrying a sine: a virtual source with an `audiotestsrc` playing
+/// into it (see [`PipeWireEnv::add_audio_source`]).
 #[derive(Debug, Clone)]
 pub struct AudioSource {
-    /// `node.name` of the node.
+    /// `node.name` of the source node.
     pub name: String,
+    /// 1 or 2.
     pub channels: u32,
+    /// Rate of the sine's player (PipeWire resamples it to the graph's rate).
     pub rate: u32,
     pub freq_hz: u32,
 }
@@ -280,27 +285,84 @@ impl PipeWireEnv {
         self.wait_for_node(&source.name)
     }
 
-    /// Publishes a live `audiotestsrc` sine as an `Audio/Source` node and waits for it.
+    /// Publishes a source node named `source.name` that carries an `audiotestsrc` sine: a virtual
+    /// source with the sine's player linked into it. (GStreamer's `pipewiresink mode=provide`
+    /// would be simpler, but as an audio source it delivers one quantum and stalls.)
     pub fn add_audio_source(&mut self, source: &AudioSource) -> Result<Value> {
+        let positions: &[&str] = match source.channels {
+            1 => &["MONO"],
+            2 => &["FL", "FR"],
+            n => bail!("an audio test source has 1 or 2 channels, not {n}"),
+        };
+        let node = self.create_null_node_at(&source.name, "Audio/Source/Virtual", positions)?;
+        let player = format!("{}-player", source.name);
         let pipeline = format!(
             "audiotestsrc is-live=true wave=sine freq={} ! audio/x-raw,format=F32LE,rate={},channels={} ! \
-             pipewiresink mode=provide stream-properties=\"p,media.class=Audio/Source,node.name={}\"",
-            source.freq_hz, source.rate, source.channels, source.name
+             pipewiresink stream-properties=\"p,node.name={player},node.autoconnect=false\"",
+            source.freq_hz, source.rate, source.channels
         );
-        self.spawn_gst(&source.name, &pipeline)?;
-        self.wait_for_node(&source.name)
+        self.spawn_gst(&player, &pipeline)?;
+        let player_node = self.wait_for_node(&player)?;
+        let (from, to) = (player_node["id"].clone(), node["id"].clone());
+        for position in positions {
+            // WirePlumber may have linked them already; the wait below is what counts.
+            let _ = self
+                .command("pw-link")
+                .args([
+                    format!("{player}:output_{position}"),
+                    format!("{}:input_{position}", source.name),
+                ])
+                .output();
+        }
+        let wanted = positions.len();
+        self.wait_until(
+            &format!("{player} linked into {}", source.name),
+            |objects| {
+                objects
+                    .iter()
+                    .filter(|o| {
+                        o["type"] == "PipeWire:Interface:Link"
+                            && o["info"]["output-node-id"] == from
+                            && o["info"]["input-node-id"] == to
+                    })
+                    .count()
+                    >= wanted
+            },
+        )?;
+        Ok(node)
+    }
+
+    /// Creates a virtual audio source named `name` (a null node of class `Audio/Source/Virtual`,
+    /// driven by its own timer; it carries silence). GStreamer's `pipewiresink mode=provide` is no
+    /// use for audio here: as a source it delivers one quantum and stalls.
+    pub fn add_virtual_source(&mut self, name: &str) -> Result<Value> {
+        self.create_null_node(name, "Audio/Source/Virtual")
     }
 
     /// Creates a null audio sink (which becomes the default sink when it is the only one).
     pub fn add_null_sink(&mut self, name: &str) -> Result<Value> {
+        self.create_null_node(name, "Audio/Sink")
+    }
+
+    fn create_null_node(&mut self, name: &str, class: &str) -> Result<Value> {
+        self.create_null_node_at(name, class, &["FL", "FR"])
+    }
+
+    fn create_null_node_at(
+        &mut self,
+        name: &str,
+        class: &str,
+        positions: &[&str],
+    ) -> Result<Value> {
+        let positions = positions.join(" ");
         let out = self
             .command("pw-cli")
             .args([
                 "create-node",
                 "adapter",
                 &format!(
-                    "{{ factory.name=support.null-audio-sink node.name={name} media.class=Audio/Sink \
-                     object.linger=true audio.position=[ FL FR ] }}"
+                    "{{ factory.name=support.null-audio-sink node.name={name} media.class={class} \
+                     object.linger=true audio.position=[ {positions} ] }}"
                 ),
             ])
             .output()

@@ -15,9 +15,62 @@ use lumen_ipc::ring::{create_ring, Consumer, Producer, TS_CAPTURED};
 use lumen_tests::pipewire_env::{PipeWireEnv, VideoSource};
 
 use super::audio::{decode_samples, SampleClock};
-use super::video::{copy_frame, slot_format, source_planes, SourcePlane};
+use super::video::{copy_frame, slot_format, source_planes, SourceChunk, SourcePlane};
 use super::*;
 use crate::sink::{AudioSink, Counters, VideoSink};
+
+/// A chunk with the producer's offset and stride and no size.
+fn chunk(offset: u32, stride: i32) -> SourceChunk {
+    SourceChunk {
+        offset,
+        size: 0,
+        stride,
+    }
+}
+
+/// GStreamer's pipewiresink leaves the stride out and pads NV12 rows of 98 pixels to 100 bytes:
+/// the stride follows from the size; a size that does not divide means unpadded rows.
+#[test]
+fn a_missing_stride_follows_from_the_chunk_size() {
+    let nv12 = SourceChunk {
+        offset: 0,
+        size: 100 * 96,
+        stride: 0,
+    };
+    let planes = source_planes(PixelFormat::Nv12, 98, 64, &[nv12]).unwrap();
+    assert_eq!(
+        planes,
+        vec![
+            SourcePlane {
+                data: 0,
+                offset: 0,
+                stride: 100
+            },
+            SourcePlane {
+                data: 0,
+                offset: 6400,
+                stride: 100
+            }
+        ]
+    );
+    let odd = SourceChunk {
+        offset: 16,
+        size: 40 * 10 + 3,
+        stride: 0,
+    };
+    let planes = source_planes(PixelFormat::Bgrx, 10, 10, &[odd]).unwrap();
+    assert_eq!(planes[0].stride, 40);
+    // A size that would make rows shorter than the picture is not believed either.
+    let short = SourceChunk {
+        offset: 0,
+        size: 30 * 10,
+        stride: 0,
+    };
+    assert_eq!(
+        source_planes(PixelFormat::Bgrx, 10, 10, &[short]).unwrap()[0].stride,
+        40
+    );
+}
 
 #[test]
 fn targets_digits_are_portal_node_ids_anything_else_a_name() {
@@ -70,7 +123,7 @@ fn copy_honours_source_and_slot_strides() {
             src[8 + row * 24 + byte] = (row * 16 + byte) as u8;
         }
     }
-    let planes = source_planes(PixelFormat::Bgrx, w, h, &[(8, 24)]).unwrap();
+    let planes = source_planes(PixelFormat::Bgrx, w, h, &[chunk(8, 24)]).unwrap();
     assert_eq!(
         planes,
         vec![SourcePlane {
@@ -110,7 +163,7 @@ fn contiguous_nv12_finds_its_chroma_plane() {
     for (i, byte) in src.iter_mut().enumerate() {
         *byte = i as u8;
     }
-    let planes = source_planes(PixelFormat::Nv12, w, h, &[(0, 8)]).unwrap();
+    let planes = source_planes(PixelFormat::Nv12, w, h, &[chunk(0, 8)]).unwrap();
     assert_eq!(planes[1].offset, 32);
     assert_eq!(planes[1].stride, 8);
     let dst = [
@@ -138,7 +191,7 @@ fn contiguous_nv12_finds_its_chroma_plane() {
     assert_eq!(&slot[24..30], &[32, 33, 34, 35, 36, 37]);
     assert_eq!(&slot[30..36], &[40, 41, 42, 43, 44, 45]);
     // Two data blocks: one plane each, with their own chunk offsets.
-    let planes = source_planes(PixelFormat::Nv12, w, h, &[(0, 8), (4, 8)]).unwrap();
+    let planes = source_planes(PixelFormat::Nv12, w, h, &[chunk(0, 8), chunk(4, 8)]).unwrap();
     assert_eq!(
         planes[1],
         SourcePlane {
@@ -158,7 +211,7 @@ fn lying_chunks_copy_nothing() {
         stride: 64,
     }];
     // Rows past the mapped block.
-    let planes = source_planes(PixelFormat::Bgrx, 10, 10, &[(0, 40)]).unwrap();
+    let planes = source_planes(PixelFormat::Bgrx, 10, 10, &[chunk(0, 40)]).unwrap();
     assert!(!copy_frame(
         PixelFormat::Bgrx,
         10,
@@ -169,7 +222,7 @@ fn lying_chunks_copy_nothing() {
         &dst
     ));
     // An offset near the end of the address space.
-    let planes = source_planes(PixelFormat::Bgrx, 1, 1, &[(u32::MAX, 4)]).unwrap();
+    let planes = source_planes(PixelFormat::Bgrx, 1, 1, &[chunk(u32::MAX, 4)]).unwrap();
     assert!(!copy_frame(
         PixelFormat::Bgrx,
         1,
@@ -180,7 +233,7 @@ fn lying_chunks_copy_nothing() {
         &dst
     ));
     // A stride shorter than a row, and a negative one.
-    let planes = source_planes(PixelFormat::Bgrx, 4, 2, &[(0, 8)]).unwrap();
+    let planes = source_planes(PixelFormat::Bgrx, 4, 2, &[chunk(0, 8)]).unwrap();
     assert!(!copy_frame(
         PixelFormat::Bgrx,
         4,
@@ -190,9 +243,9 @@ fn lying_chunks_copy_nothing() {
         &mut slot,
         &dst
     ));
-    assert!(source_planes(PixelFormat::Bgrx, 4, 2, &[(0, -16)]).is_none());
+    assert!(source_planes(PixelFormat::Bgrx, 4, 2, &[chunk(0, -16)]).is_none());
     // A slot too small for the picture.
-    let planes = source_planes(PixelFormat::Bgrx, 4, 2, &[(0, 16)]).unwrap();
+    let planes = source_planes(PixelFormat::Bgrx, 4, 2, &[chunk(0, 16)]).unwrap();
     let mut tiny = vec![0u8; 70];
     assert!(!copy_frame(
         PixelFormat::Bgrx,
@@ -299,7 +352,26 @@ fn pipeline(params: &SessionParams) -> Pipeline {
 #[derive(Default)]
 struct Seen {
     frames: Vec<(u64, u32, u32, PixelFormat, u64, [u8; 4])>,
-    audio_records: Vec<(u64, u64, usize)>,
+    /// Every tenth frame's planes, rows packed without padding.
+    pictures: Vec<Vec<Vec<u8>>>,
+    /// (seq, capture time, bytes, peak amplitude) of each PCM record.
+    audio_records: Vec<(u64, u64, usize, f32)>,
+}
+
+/// The planes of a frame in a slot, each row cut to its visible bytes.
+fn packed_planes(pool: &FramePool, desc: &lumen_ipc::media::FrameDesc) -> Vec<Vec<u8>> {
+    (0..desc.format.plane_count())
+        .map(|i| {
+            let row = desc.format.min_stride(i, desc.width) as usize;
+            let rows = desc.format.plane_rows(i, desc.height) as usize;
+            let mut out = vec![0u8; row * rows];
+            for (r, dst) in out.chunks_exact_mut(row).enumerate() {
+                let offset = desc.planes[i].offset as usize + r * desc.planes[i].stride as usize;
+                assert!(pool.copy_out(desc.slot, offset, dst));
+            }
+            out
+        })
+        .collect()
 }
 
 /// Plays encode for `run`: checks and releases every frame, reads one pixel from the middle of
@@ -322,6 +394,9 @@ fn play_encode(pipeline: &mut Pipeline, run: Duration) -> Seen {
             assert!(pipeline
                 .reader
                 .copy_out(desc.slot, middle as usize, &mut pixel));
+            if seen.frames.len() % 10 == 0 {
+                seen.pictures.push(packed_planes(&pipeline.reader, &desc));
+            }
             seen.frames.push((
                 desc.seq,
                 desc.width,
@@ -336,10 +411,16 @@ fn play_encode(pipeline: &mut Pipeline, run: Duration) -> Seen {
                 .unwrap();
         }
         while let Ok(Some(record)) = pipeline.pcm.next() {
+            let peak = record
+                .copy_to_vec()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).abs())
+                .fold(0.0f32, f32::max);
             seen.audio_records.push((
                 record.meta().seq,
                 record.meta().timestamps[TS_CAPTURED],
                 record.len(),
+                peak,
             ));
             record.release();
         }
@@ -453,7 +534,14 @@ fn captures_video_and_monitor_audio_from_a_real_pipewire() {
         audio.len()
     );
     let record_bytes = params.audio_samples_per_packet() as usize * 2 * 4;
-    assert!(audio.iter().all(|(_, _, len)| *len == record_bytes));
+    assert!(audio.iter().all(|(_, _, len, _)| *len == record_bytes));
+    // The player's sine (audiotestsrc, volume 0.8) is on the default sink's monitor.
+    let loud = audio.iter().filter(|r| r.3 > 0.3).count();
+    assert!(
+        loud * 2 >= audio.len(),
+        "{loud} of {} records carry the sine",
+        audio.len()
+    );
     assert!(audio.windows(2).all(|w| w[1].0 > w[0].0 && w[1].1 > w[0].1));
 
     // The loop and context go back for the next session; a missing node is reported by name.
@@ -619,4 +707,96 @@ fn captures_under_the_capture_seccomp_allowlist() {
     eprintln!("under seccomp: {frames} frames, {records} PCM records in 4 s");
     assert!(frames >= 60, "{frames} frames in 4 s from a 30 fps node");
     assert!(records >= 300, "{records} PCM records in 4 s");
+}
+
+/// NV12 with rows narrower than the producer's stride (98 pixels), targeted by node id as the
+/// ScreenCast portal names nodes; 5.1 sound from a named stereo source node (the adapter upmixes):
+/// every row of both planes arrives, padding dropped, and records have six channels.
+#[test]
+fn captures_nv12_by_node_id_and_a_named_audio_node() {
+    let Some(mut env) = PipeWireEnv::start().expect("starting the private PipeWire") else {
+        return;
+    };
+    let video = env
+        .add_video_source(&VideoSource {
+            name: "lumen-test-nv12".into(),
+            width: 98,
+            height: 64,
+            fps: 30,
+            format: "NV12".into(),
+            solid_argb: Some(0xFF80_4020),
+        })
+        .expect("video source");
+    let id = video["id"].as_u64().expect("node id").to_string();
+    env.add_audio_source(&lumen_tests::pipewire_env::AudioSource {
+        name: "lumen-test-mic".into(),
+        channels: 2,
+        rate: 44_100,
+        freq_hz: 1000,
+    })
+    .expect("audio source");
+    let prepared = preload().expect("preload");
+    let params = SessionParams {
+        audio: AudioLayout::Surround51,
+        ..session(640, 360, 30)
+    };
+    let mut pipeline = pipeline(&params);
+    let (reported, report) = reports();
+    let capture = start(
+        &prepared,
+        remote(&env),
+        &id,
+        Some("lumen-test-mic"),
+        params,
+        pipeline.video.clone(),
+        pipeline.audio.clone(),
+        report,
+        |_| {},
+    )
+    .expect("start");
+    let _ = play_encode(&mut pipeline, Duration::from_secs(1));
+    let seen = play_encode(&mut pipeline, Duration::from_secs(2));
+    drop(capture);
+    let reported = reported.lock().unwrap().clone();
+    assert!(reported.is_empty(), "reports: {reported:?}");
+    eprintln!(
+        "NV12 by id: {} frames, {} 5.1 PCM records in 2 s",
+        seen.frames.len(),
+        seen.audio_records.len()
+    );
+    assert!(seen.frames.len() >= 30, "{} frames", seen.frames.len());
+    assert!(seen
+        .frames
+        .iter()
+        .all(|f| (f.1, f.2, f.3) == (98, 64, PixelFormat::Nv12)));
+    // A solid colour: every luma byte alike, every chroma pair alike; a stride mistake would
+    // bring in the producer's row padding or shift the chroma plane.
+    for planes in &seen.pictures {
+        let y = &planes[0];
+        assert_eq!(y.len(), 98 * 64);
+        assert!(
+            y.iter().all(|&b| b == y[0]),
+            "luma not uniform: {:?}",
+            &y[..300]
+        );
+        let uv = &planes[1];
+        assert_eq!(uv.len(), 98 * 32);
+        assert!(
+            uv.chunks_exact(2).all(|p| p == &uv[..2]),
+            "chroma not uniform"
+        );
+        assert!(
+            y[0] > 16 && uv[0] != uv[1],
+            "luma {} chroma {:?}",
+            y[0],
+            &uv[..2]
+        );
+    }
+    // 5 ms of 5.1 per record: 400 in 2 s.
+    assert!(
+        seen.audio_records.len() >= 200,
+        "{} records",
+        seen.audio_records.len()
+    );
+    assert!(seen.audio_records.iter().all(|r| r.2 == 240 * 6 * 4));
 }

@@ -154,58 +154,76 @@ pub(crate) struct SourcePlane {
     pub stride: usize,
 }
 
-/// Where each plane of a `format` frame of `height` rows lies, given the chunks of the buffer's data
-/// blocks as (offset, stride). A format with more planes than blocks has them back to back in the
-/// first block (NV12 from most producers: the UV plane right after `height` Y rows). `None`: a
-/// stride the peer gave is negative, or there is no block.
+/// One data block's chunk as the producer filled it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SourceChunk {
+    pub offset: u32,
+    pub size: u32,
+    /// Bytes per row; 0 when the producer leaves it out (GStreamer's pipewiresink does).
+    pub stride: i32,
+}
+
+/// The stride of a block holding `rows` rows whose chunk says `chunk`: the producer's when given;
+/// otherwise the size divided by the rows when that divides evenly into at least `row` bytes
+/// (producers pad rows, e.g. to 4 bytes), else unpadded rows. `None`: a negative stride.
+fn block_stride(chunk: SourceChunk, rows: u64, row: u64) -> Option<usize> {
+    let stride = match chunk.stride {
+        s if s < 0 => return None,
+        0 => {
+            let size = u64::from(chunk.size);
+            if rows > 0 && size % rows == 0 && size / rows >= row {
+                size / rows
+            } else {
+                row
+            }
+        }
+        s => u64::try_from(s).ok()?,
+    };
+    usize::try_from(stride).ok()
+}
+
+/// Where each plane of a `format` frame lies, given the chunks of the buffer's data blocks. A
+/// format with more planes than blocks has them back to back in the first block, all with the
+/// luma stride (NV12 from most producers: the UV plane right after `height` Y rows). `None`: a
+/// negative stride, or no block.
 pub(crate) fn source_planes(
     format: PixelFormat,
     width: u32,
     height: u32,
-    chunks: &[(u32, i32)],
+    chunks: &[SourceChunk],
 ) -> Option<Vec<SourcePlane>> {
     let planes = format.plane_count();
+    if chunks.len() >= planes {
+        return (0..planes)
+            .map(|plane| {
+                let chunk = chunks[plane];
+                let stride = block_stride(
+                    chunk,
+                    format.plane_rows(plane, height),
+                    format.min_stride(plane, width),
+                )?;
+                Some(SourcePlane {
+                    data: plane,
+                    offset: chunk.offset as usize,
+                    stride,
+                })
+            })
+            .collect();
+    }
+    let chunk = *chunks.first()?;
+    let all_rows = (0..planes).map(|p| format.plane_rows(p, height)).sum();
+    let widest_row = (0..planes).map(|p| format.min_stride(p, width)).max()?;
+    let stride = block_stride(chunk, all_rows, widest_row)?;
     let mut out = Vec::with_capacity(planes);
+    let mut offset = chunk.offset as usize;
     for plane in 0..planes {
-        let default_stride = usize::try_from(format.min_stride(plane, width)).ok()?;
-        if chunks.len() >= planes {
-            let (offset, stride) = chunks[plane];
-            let stride = match stride {
-                0 => default_stride,
-                s => usize::try_from(s).ok()?,
-            };
-            out.push(SourcePlane {
-                data: plane,
-                offset: offset as usize,
-                stride,
-            });
-        } else {
-            let (offset, stride) = *chunks.first()?;
-            let first_stride = match stride {
-                0 => usize::try_from(format.min_stride(0, width)).ok()?,
-                s => usize::try_from(s).ok()?,
-            };
-            let offset = match out.last() {
-                None => offset as usize,
-                Some(prev) => {
-                    let prev: &SourcePlane = prev;
-                    let rows = usize::try_from(format.plane_rows(plane - 1, height)).ok()?;
-                    prev.offset.checked_add(prev.stride.checked_mul(rows)?)?
-                }
-            };
-            // Chroma planes of a contiguous NV12 frame share the luma stride (both are `width`
-            // bytes of one row); planar formats with halved chroma rows are not offered.
-            let stride = if plane == 0 {
-                first_stride
-            } else {
-                first_stride.max(default_stride)
-            };
-            out.push(SourcePlane {
-                data: 0,
-                offset,
-                stride,
-            });
-        }
+        out.push(SourcePlane {
+            data: 0,
+            offset,
+            stride,
+        });
+        let rows = usize::try_from(format.plane_rows(plane, height)).ok()?;
+        offset = offset.checked_add(stride.checked_mul(rows)?)?;
     }
     Some(out)
 }
@@ -370,7 +388,11 @@ impl<V: FrameSink> VideoState<V> {
                 // An empty chunk: the producer has no new picture (cursor-only update); skip.
                 return;
             }
-            chunks.push((chunk.offset(), chunk.stride()));
+            chunks.push(SourceChunk {
+                offset: chunk.offset(),
+                size: chunk.size(),
+                stride: chunk.stride(),
+            });
             match data.data() {
                 Some(bytes) => blocks.push(bytes),
                 None => {
