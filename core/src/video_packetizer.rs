@@ -162,8 +162,11 @@ impl VideoPacketizer {
     }
 
     /// The largest access unit whose every block still gets parity (4 × 252 data shards at any
-    /// non-zero percentage; above it `plan_frame` leaves some blocks unprotected).
+    /// non-zero percentage; above it `plan_frame` leaves some blocks unprotected); 0 with FEC off.
     pub fn max_protected_access_unit(&self) -> usize {
+        if self.fec.percent == 0 {
+            return 0;
+        }
         let blocks = usize::from(self.fec.max_blocks).clamp(1, fec::MAX_BLOCKS);
         let per_block = fec::max_data_shards_per_block(1, self.fec.min_parity);
         (blocks * per_block * self.payload_per_shard()).saturating_sub(FRAME_HEADER_LEN)
@@ -196,9 +199,9 @@ impl VideoPacketizer {
         Ok(())
     }
 
-    /// Builds every datagram of `frame` and returns them in send order. The counters advance only when
-    /// the whole frame was built (the GCM IV counter
-    /// may move on after a failure: an IV is never reused).
+    /// Builds every datagram of `frame` and returns them in send order. The packet counter advances
+    /// only when the whole frame was built (the GCM IV counter may move on after a failure: an IV is
+    /// never reused).
     pub fn packetize(&mut self, frame: &VideoFrame<'_>) -> Result<Datagrams<'_>, VideoError> {
         let plan = self.plan(frame.access_unit.len())?;
         let datagram_len = self.datagram_len();
@@ -456,5 +459,15 @@ mod tests {
         .unwrap();
         assert_eq!(p.max_protected_access_unit(), 1008 * 1376 - 8);
         assert_eq!(p.max_access_unit(), 4092 * 1376 - 8);
+        let off = VideoPacketizer::new(&VideoStreamConfig {
+            packet_size: 1392,
+            fec: FecConfig {
+                percent: 0,
+                ..FecConfig::default()
+            },
+            encryption: None,
+        })
+        .unwrap();
+        assert_eq!(off.max_protected_access_unit(), 0);
     }
 }
