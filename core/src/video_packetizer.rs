@@ -178,7 +178,8 @@ impl VideoPacketizer {
     }
 
     /// Continues a stream's packet counter (the low 16 bits become the next RTP seq), for a sender
-    /// that takes over a running stream.
+    /// that takes over a running stream. A client that has seen no packet yet expects 0: it rejects
+    /// a first seq "before" 0 in 16 bits and a first `streamPacketIndex` "before" 0 in 24 bits.
     pub fn set_next_packet_counter(&mut self, counter: u32) {
         self.next_packet = counter;
     }
