@@ -64,12 +64,9 @@ fn next_report(broker: &mut Channel) -> WorkerMsg {
     }
 }
 
-/// Blocked on the sandbox: lock-down sets RLIMIT_FSIZE to 0 for every worker, and PipeWire sizes
-/// its shared-memory pool (memfds) with ftruncate, so the session fails with "File too large ...
-/// RLIMIT_FSIZE". With a per-policy limit for lumen-capture (64 MiB was tried) this test passes;
-/// remove the `ignore` when `Policy` has that knob.
+/// Needs lumen-capture's `Policy.max_file_bytes` above 0: PipeWire sizes its shared-memory pool
+/// (memfds) with ftruncate, and RLIMIT_FSIZE 0 fails the session with "File too large".
 #[test]
-#[ignore = "needs RLIMIT_FSIZE > 0 for lumen-capture (PipeWire's memfd pool); see the comment"]
 fn locked_down_worker_captures_from_a_real_pipewire() {
     let Some(mut env) = PipeWireEnv::start().expect("starting the private PipeWire") else {
         return;
