@@ -362,17 +362,22 @@ pub fn start<V: FrameSink, A: PcmSink>(
         stop: stop.clone(),
     };
     let (ready_tx, ready_rx) = mpsc::channel();
-    let home = prepared.state.clone();
+    let lease = Lease {
+        home: prepared.state.clone(),
+        state: Some(state),
+    };
     let thread = std::thread::Builder::new()
         .name("pipewire".into())
         .spawn(move || {
+            let lease = lease;
             let reporter = Rc::new(Reporter {
                 report: Box::new(report),
                 describe: Box::new(describe),
                 failed: Cell::new(false),
             });
-            run_session(&state, setup, reporter, ready_tx);
-            put_back(&home, state);
+            if let Some(state) = &lease.state {
+                run_session(state, setup, reporter, ready_tx);
+            }
         })
         .map_err(|e| PipeWireError::Thread(format!("spawning: {e}")))?;
     let capture = PipeWireCapture {
@@ -385,6 +390,21 @@ pub fn start<V: FrameSink, A: PcmSink>(
         Err(_) => Err(PipeWireError::Thread(
             "ended before the streams were connected".into(),
         )),
+    }
+}
+
+/// The loop, lent to one session thread; it goes back to [`Prepared`] when the lease drops,
+/// however the thread ends (or, if the thread could not be spawned, with the unstarted closure).
+struct Lease {
+    home: Arc<Mutex<Option<LoopState>>>,
+    state: Option<LoopState>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            put_back(&self.home, state);
+        }
     }
 }
 
