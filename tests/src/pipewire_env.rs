@@ -172,6 +172,19 @@ impl PipeWireEnv {
         Ok(())
     }
 
+    /// Stops the process started under `label` (a source's node name, "pipewire", ...): its
+    /// nodes disappear from the graph. Errors when no such process runs.
+    pub fn stop(&mut self, label: &str) -> Result<()> {
+        let index = self
+            .children
+            .iter()
+            .position(|(l, _)| l == label)
+            .with_context(|| format!("no process {label:?} runs here"))?;
+        let (_, child) = self.children.remove(index);
+        stop_child(child);
+        Ok(())
+    }
+
     /// The log a started process wrote (stdout and stderr), for failure messages.
     pub fn log(&self, label: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{label}.log"))).unwrap_or_default()
@@ -447,28 +460,29 @@ fn make_runtime_dir() -> Result<PathBuf> {
     )
 }
 
+/// Asks a child to stop (SIGTERM), kills it after 3 s, and reaps it.
+fn stop_child(mut child: Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) with plain integers; the pid is our own unreaped child, so it cannot
+        // name another process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for PipeWireEnv {
     fn drop(&mut self) {
-        // Sources first, daemons last, each asked to stop before it is killed.
-        while let Some((_, mut child)) = self.children.pop() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) with plain integers; the pid is our own unreaped child, so it
-                // cannot name another process.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let start = Instant::now();
-            let mut reaped = false;
-            while start.elapsed() < Duration::from_secs(3) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    reaped = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if !reaped {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        // Sources first, daemons last.
+        while let Some((_, child)) = self.children.pop() {
+            stop_child(child);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -128,6 +128,8 @@ struct AudioState<A> {
     what: String,
     channels: u32,
     format_ok: bool,
+    /// A format was accepted at some point (so a disconnect means the node went away).
+    format_ok_once: bool,
     started: Rc<Cell<bool>>,
     samples: Vec<f32>,
     clock: SampleClock,
@@ -163,6 +165,7 @@ impl<A: PcmSink> AudioState<A> {
             return;
         }
         self.format_ok = true;
+        self.format_ok_once = true;
     }
 
     fn on_process(&mut self, stream: &pw::stream::Stream) {
@@ -212,9 +215,12 @@ impl<A: PcmSink> AudioState<A> {
             // The session manager disconnects a stream whose target does not exist (or
             // vanished) instead of linking it elsewhere (DONT_RECONNECT); our own teardown
             // removes this listener before the stream, so this is never our doing.
+            StreamState::Unconnected if self.format_ok_once => {
+                self.reporter.fail(format!("{} went away", self.what));
+            }
             StreamState::Unconnected => {
                 self.reporter.fail(format!(
-                    "{} does not exist or went away (the stream was disconnected)",
+                    "{} could not be linked: it does not exist or offers no raw audio",
                     self.what
                 ));
             }
@@ -277,6 +283,7 @@ impl<'c, A: PcmSink> AudioCapture<'c, A> {
             what: what.clone(),
             channels,
             format_ok: false,
+            format_ok_once: false,
             started: started.clone(),
             samples: Vec::new(),
             clock: SampleClock::default(),

@@ -454,16 +454,17 @@ fn run_session<V: FrameSink, A: PcmSink>(
             let reporter = reporter.clone();
             let weak_loop = state.main_loop.downgrade();
             move |id, _seq, res, message| {
-                // Errors on object 0 are the connection's own (server gone, protocol error);
-                // errors on streams' nodes also reach the streams' state callbacks.
-                if id == pw::core::PW_ID_CORE {
-                    reporter.fail(format!(
-                        "PipeWire connection failed: {message} ({})",
-                        std::io::Error::from_raw_os_error(-res)
-                    ));
+                let cause = std::io::Error::from_raw_os_error(-res);
+                // A broken connection ends the session. Other errors (a late reply about an
+                // object already destroyed, a refused link) are logged: what they break shows
+                // up in the streams' own state callbacks, with the node named.
+                if id == pw::core::PW_ID_CORE && res == -libc::EPIPE {
+                    reporter.fail(format!("PipeWire connection failed: {message} ({cause})"));
                     if let Some(main_loop) = weak_loop.upgrade() {
                         main_loop.quit();
                     }
+                } else {
+                    eprintln!("lumen-capture: pipewire: error on object {id}: {message} ({cause})");
                 }
             }
         })

@@ -800,3 +800,93 @@ fn captures_nv12_by_node_id_and_a_named_audio_node() {
     );
     assert!(seen.audio_records.iter().all(|r| r.2 == 240 * 6 * 4));
 }
+
+/// What the session hears when things go wrong: a node whose only format the encoder cannot take
+/// (YUY2) is reported by name and format or as never negotiating; a node that vanishes while
+/// streaming is reported as gone. Neither panics nor hangs the stop.
+#[test]
+fn refused_formats_and_vanishing_nodes_are_reported() {
+    let Some(mut env) = PipeWireEnv::start().expect("starting the private PipeWire") else {
+        return;
+    };
+    env.add_video_source(&VideoSource {
+        name: "lumen-test-yuy2".into(),
+        width: 160,
+        height: 120,
+        fps: 30,
+        format: "YUY2".into(),
+        solid_argb: None,
+    })
+    .expect("YUY2 source");
+    env.add_video_source(&VideoSource {
+        name: "lumen-test-going".into(),
+        width: 160,
+        height: 120,
+        fps: 30,
+        format: "BGRx".into(),
+        solid_argb: None,
+    })
+    .expect("BGRx source");
+    env.add_null_sink("lumen-test-sink").expect("null sink");
+    let prepared = preload().expect("preload");
+    let params = session(640, 360, 30);
+
+    let wait_for_report = |node: &str, pipeline: &mut Pipeline, env: &mut PipeWireEnv| {
+        let (reported, report) = reports();
+        let capture = start(
+            &prepared,
+            remote(env),
+            node,
+            None,
+            params,
+            pipeline.video.clone(),
+            pipeline.audio.clone(),
+            report,
+            |_| {},
+        )
+        .expect("start");
+        let begin = Instant::now();
+        let mut frames = 0;
+        let mut stopped_source = false;
+        while reported.lock().unwrap().is_empty() && begin.elapsed() < Duration::from_secs(15) {
+            frames += play_encode(pipeline, Duration::from_millis(100))
+                .frames
+                .len();
+            if node == "lumen-test-going" && frames >= 10 && !stopped_source {
+                env.stop("lumen-test-going").expect("stopping the source");
+                stopped_source = true;
+            }
+        }
+        let stop = Instant::now();
+        drop(capture);
+        assert!(
+            stop.elapsed() < Duration::from_secs(2),
+            "stopping took {:?}",
+            stop.elapsed()
+        );
+        let reported = reported.lock().unwrap().clone();
+        (reported, frames)
+    };
+
+    let mut pipeline = pipeline(&params);
+    let (reported, frames) = wait_for_report("lumen-test-yuy2", &mut pipeline, &mut env);
+    eprintln!("YUY2 node reported as: {reported:?}");
+    assert_eq!(frames, 0);
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert!(
+        reported[0].contains("lumen-test-yuy2") && reported[0].contains("no format"),
+        "{}",
+        reported[0]
+    );
+
+    let mut pipeline = pipeline_for_failure(&params);
+    let (reported, frames) = wait_for_report("lumen-test-going", &mut pipeline, &mut env);
+    eprintln!("vanishing node reported as: {reported:?} after {frames} frames");
+    assert!(frames >= 10);
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert!(
+        reported[0].contains("lumen-test-going") && reported[0].contains("went away"),
+        "{}",
+        reported[0]
+    );
+}

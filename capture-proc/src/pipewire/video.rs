@@ -38,6 +38,9 @@ const OFFERED: &[(VideoFormat, PixelFormat, &str)] = &[
     (VideoFormat::NV12, PixelFormat::Nv12, "NV12"),
 ];
 
+/// The offered formats' names, for messages.
+const OFFERED_NAMES: &str = "BGRx, BGRA, RGBx, RGBA, NV12";
+
 /// What a slot holds for a negotiated PipeWire format, and its name, if the encoder takes it.
 pub(crate) fn slot_format(format: VideoFormat) -> Option<(PixelFormat, &'static str)> {
     OFFERED
@@ -306,6 +309,8 @@ struct VideoState<V> {
     reporter: Rc<Reporter>,
     what: String,
     negotiated: Option<Negotiated>,
+    /// A format was negotiated at some point (so a disconnect means the node went away).
+    negotiated_once: bool,
     started: Rc<Cell<bool>>,
 }
 
@@ -319,7 +324,7 @@ impl<V: FrameSink> VideoState<V> {
         }
         let Some((format, name)) = slot_format(info.format()) else {
             self.reporter.fail(format!(
-                "{} offers video format {:?}, which the encoder cannot take (it takes BGRx, BGRA, RGBx, RGBA, NV12)",
+                "{} offers video format {:?}, which the encoder cannot take (it takes {OFFERED_NAMES})",
                 self.what,
                 info.format()
             ));
@@ -333,6 +338,7 @@ impl<V: FrameSink> VideoState<V> {
             ));
             return;
         }
+        self.negotiated_once = true;
         self.negotiated = Some(Negotiated {
             format,
             width: size.width,
@@ -447,10 +453,14 @@ impl<V: FrameSink> VideoState<V> {
             // The session manager disconnects a stream whose target does not exist (or
             // vanished) instead of linking it elsewhere (DONT_RECONNECT); our own teardown
             // removes this listener before the stream, so this is never our doing.
+            StreamState::Unconnected if self.negotiated_once => {
+                self.reporter.fail(format!("{} went away", self.what));
+            }
             StreamState::Unconnected => {
                 self.reporter.fail(format!(
-                    "{} does not exist or went away (the stream was disconnected)",
-                    self.what
+                    "{} could not be linked: it does not exist, or it offers no format the \
+                     encoder takes ({})",
+                    self.what, OFFERED_NAMES
                 ));
             }
             _ => {}
@@ -497,6 +507,7 @@ impl<'c, V: FrameSink> VideoCapture<'c, V> {
             reporter,
             what: what.clone(),
             negotiated: None,
+            negotiated_once: false,
             started: started.clone(),
         };
         let listener = stream
