@@ -109,7 +109,7 @@ pub struct BrokerView {
     pub uniqueid: String,
     pub bind: IpAddr,
     pub ports: Vec<PortStatus>,
-    pub clients: Mutex<ClientStore>,
+    pub clients: Arc<Mutex<ClientStore>>,
     pub problems: Vec<String>,
     pub pairing: PairingSlot,
     /// Media sessions; `None` in a broker without workers (tests of the control socket).
@@ -481,7 +481,7 @@ mod tests {
             uniqueid: "0123456789ABCDEF".into(),
             bind: "127.0.0.1".parse().unwrap(),
             ports: Vec::new(),
-            clients: Mutex::new(clients),
+            clients: Arc::new(Mutex::new(clients)),
             problems: vec!["x".into()],
             pairing: PairingSlot::new(Duration::from_millis(10)),
             sessions: None,

@@ -5,7 +5,9 @@
 mod cli;
 mod config;
 mod control;
+mod dispatch;
 mod logging;
+mod net_service;
 mod pairing;
 mod paths;
 mod procstatus;
@@ -113,7 +115,13 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             .map(|(role, port)| PortStatus { role, port })
             .collect();
         let supervisor = Supervisor::start(supervisor_config, sockets).await?;
-        let sessions = session::Sessions::start(supervisor.clone(), config.capture.clone())?;
+        let sessions = session::Sessions::new(supervisor.clone(), config.capture.clone());
+        let clients = Arc::new(Mutex::new(clients));
+        let net = Arc::new(net_service::NetService::new(
+            loaded.identity.clone(),
+            clients.clone(),
+        ));
+        dispatch::start(supervisor.clone(), sessions.clone(), net)?;
         tracing::info!(%bind, port_base, socket = %paths.control_socket.display(), "lumen-broker serving");
         let view = Arc::new(BrokerView {
             workers: Box::new({
@@ -123,7 +131,7 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             uniqueid: loaded.identity.uniqueid.clone(),
             bind,
             ports,
-            clients: Mutex::new(clients),
+            clients,
             problems,
             pairing: PairingSlot::new(pair_wait),
             sessions: Some(sessions),

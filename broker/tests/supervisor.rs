@@ -288,6 +288,20 @@ fn fake_worker() {
         )
         .expect("send Ready");
     println!("fake {mode} worker ready");
+    if mode == "net-request" {
+        channel
+            .send(
+                &WorkerMsg::NetRequest {
+                    id: 5,
+                    request: lumen_ipc::net_msg::NetRequest::TlsSign {
+                        scheme: 0x0804,
+                        message: vec![1, 2, 3],
+                    },
+                },
+                &[],
+            )
+            .expect("send NetRequest");
+    }
     match mode.as_str() {
         "ignore-shutdown" | "wrong-kind" => loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -347,6 +361,10 @@ fn fake_worker() {
                     .expect("send SessionStarted");
             }
             BrokerMsg::StopSession => append(&out, "stop"),
+            BrokerMsg::NetIdentity(identity) => {
+                append(&out, &format!("identity {}", identity.uniqueid))
+            }
+            BrokerMsg::NetReply { id, reply } => append(&out, &format!("reply {id} {reply:?}")),
         }
     }
 }
@@ -944,6 +962,66 @@ async fn session_messages_reach_a_ready_worker_and_its_reports_come_back() {
             kind: WorkerKind::Capture
         }
     ));
+    supervisor.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_lumen_net_may_ask_the_broker_for_secrets() {
+    init_logs();
+    let scratch = Scratch::new("netreq");
+    let out = scratch.file("net");
+    let supervisor = Supervisor::start_with(
+        vec![
+            (WorkerKind::Net, fake("net-request", "net", Some(&out))),
+            (WorkerKind::Capture, fake("net-request", "capture", None)),
+        ],
+        None,
+        quick_policy(),
+    )
+    .expect("start");
+    let mut events = supervisor.take_events().expect("events");
+    let mut got_request = false;
+    let mut capture_killed = false;
+    while !(got_request && capture_killed) {
+        match next_event(&mut events).await {
+            supervisor::WorkerEvent::NetRequest { id: 5, request } => {
+                assert!(matches!(
+                    request,
+                    lumen_ipc::net_msg::NetRequest::TlsSign { scheme: 0x0804, .. }
+                ));
+                got_request = true;
+                supervisor
+                    .send(
+                        WorkerKind::Net,
+                        BrokerMsg::NetReply {
+                            id: 5,
+                            reply: lumen_ipc::net_msg::NetReply::Refused("test".into()),
+                        },
+                        Vec::new(),
+                    )
+                    .expect("queued");
+            }
+            supervisor::WorkerEvent::Exited {
+                kind: WorkerKind::Capture,
+            } => capture_killed = true,
+            supervisor::WorkerEvent::NetRequest { .. } => panic!("unexpected request"),
+            _ => {}
+        }
+    }
+    wait_until(Duration::from_secs(10), "net to get its reply", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("reply 5 Refused(\"test\")")
+    })
+    .await;
+    let capture = status_of(&supervisor, WorkerKind::Capture);
+    assert!(
+        capture
+            .last_exit
+            .as_deref()
+            .is_some_and(|e| e.contains("net request")),
+        "{capture:?}"
+    );
     supervisor.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -185,6 +185,15 @@ mod tests {
                 generation: 5,
             },
             BrokerMsg::StopSession,
+            BrokerMsg::NetIdentity(crate::net_msg::NetIdentity {
+                uniqueid: "0123456789ABCDEF".into(),
+                cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+                paired_sha256: vec![[7; 32]],
+            }),
+            BrokerMsg::NetReply {
+                id: 3,
+                reply: crate::net_msg::NetReply::Signature(vec![1; 256]),
+            },
         ];
         for m in &all {
             match m {
@@ -193,7 +202,9 @@ mod tests {
                 | BrokerMsg::Shutdown
                 | BrokerMsg::StartCapture { .. }
                 | BrokerMsg::StartEncode { .. }
-                | BrokerMsg::StopSession => {}
+                | BrokerMsg::StopSession
+                | BrokerMsg::NetIdentity(_)
+                | BrokerMsg::NetReply { .. } => {}
             }
         }
         all
@@ -226,6 +237,13 @@ mod tests {
                 component: "libx264".into(),
             },
         });
+        all.push(WorkerMsg::NetRequest {
+            id: 3,
+            request: crate::net_msg::NetRequest::TlsSign {
+                scheme: 0x0804,
+                message: vec![9; 130],
+            },
+        });
         for m in &all {
             match m {
                 WorkerMsg::Ready { .. }
@@ -233,7 +251,8 @@ mod tests {
                 | WorkerMsg::Error { .. }
                 | WorkerMsg::SessionStarted { .. }
                 | WorkerMsg::SessionFailed { .. }
-                | WorkerMsg::SessionStats { .. } => {}
+                | WorkerMsg::SessionStats { .. }
+                | WorkerMsg::NetRequest { .. } => {}
             }
         }
         all

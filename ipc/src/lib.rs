@@ -24,6 +24,7 @@ pub mod fdcheck;
 pub mod frame_pool;
 pub mod media;
 pub mod msg;
+pub mod net_msg;
 pub mod ring;
 pub mod sandbox;
 pub mod worker;

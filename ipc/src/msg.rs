@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::media::{CaptureSource, FramePoolSpec, Generation, MediaStats, SessionParams};
+use crate::net_msg::{NetIdentity, NetReply, NetRequest};
 
 /// Version of the worker protocol; bumped on every incompatible change of a message here.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -164,6 +165,11 @@ pub enum BrokerMsg {
     },
     /// End the session in progress, if any, and drop everything it held.
     StopSession,
+    /// `lumen-net`: the host's public identity and the paired clients (after every `Ready`, and
+    /// whenever they change).
+    NetIdentity(NetIdentity),
+    /// `lumen-net`: the answer to its `WorkerMsg::NetRequest` with the same `id`.
+    NetReply { id: u64, reply: NetReply },
     /// Stop cleanly now.
     Shutdown,
 }
@@ -193,4 +199,6 @@ pub enum WorkerMsg {
         generation: Generation,
         stats: MediaStats,
     },
+    /// `lumen-net` only: an operation that needs the broker's secrets (see [`crate::net_msg`]).
+    NetRequest { id: u64, request: NetRequest },
 }

@@ -18,7 +18,6 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use anyhow::Context;
 use lumen_ipc::media::{CaptureSource, Generation, MediaStats, SessionParams};
 use lumen_ipc::msg::{BrokerMsg, WorkerKind, WorkerMsg};
 use serde::Serialize;
@@ -91,12 +90,10 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Starts following the supervisor's worker events. Must be called inside the tokio runtime.
-    pub fn start(supervisor: Supervisor, config: CaptureConfig) -> anyhow::Result<Sessions> {
-        let mut events = supervisor
-            .take_events()
-            .context("worker events are already taken")?;
-        let sessions = Sessions {
+    /// The broker's sessions; worker events reach it through [`Sessions::on_event`] (see
+    /// `crate::dispatch`).
+    pub fn new(supervisor: Supervisor, config: CaptureConfig) -> Sessions {
+        Sessions {
             supervisor,
             config,
             state: Arc::new(Mutex::new(State {
@@ -104,14 +101,7 @@ impl Sessions {
                 active: None,
                 last: None,
             })),
-        };
-        let follower = sessions.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                follower.on_event(event);
-            }
-        });
-        Ok(sessions)
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -209,7 +199,8 @@ impl Sessions {
         }
     }
 
-    fn on_event(&self, event: WorkerEvent) {
+    /// Handles a worker start, exit or session report.
+    pub fn on_event(&self, event: WorkerEvent) {
         match event {
             WorkerEvent::Ready { kind, .. } => {
                 if matches!(kind, WorkerKind::Capture | WorkerKind::Encode) {
@@ -225,6 +216,7 @@ impl Sessions {
                 }
             }
             WorkerEvent::Session { kind, msg } => self.on_report(kind, msg),
+            WorkerEvent::NetRequest { .. } => {}
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use lumen_ipc::channel::{Channel, ChannelError};
 use lumen_ipc::msg::{BrokerMsg, SandboxReport, WorkerKind, WorkerMsg};
+use lumen_ipc::net_msg::NetRequest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,6 +40,8 @@ pub(crate) enum WorkerEvent {
     Session { kind: WorkerKind, msg: WorkerMsg },
     /// The worker of `kind` is gone (it will be restarted).
     Exited { kind: WorkerKind },
+    /// `lumen-net` asks for something only the broker can do; answer with `BrokerMsg::NetReply`.
+    NetRequest { id: u64, request: NetRequest },
 }
 
 /// How long a worker that closed its control channel has to exit on its own before it is killed.
@@ -601,6 +604,14 @@ impl Slot {
                         "worker reports an error: {}",
                         output::sanitize(shown.as_bytes())
                     );
+                }
+                WorkerMsg::NetRequest { id, request } => {
+                    if self.kind != WorkerKind::Net || ready_at.is_none() {
+                        return ChannelVerdict::Kill(
+                            "sent a net request (only a ready lumen-net may)".into(),
+                        );
+                    }
+                    let _ = self.events.send(WorkerEvent::NetRequest { id, request });
                 }
                 msg @ (WorkerMsg::SessionStarted { .. }
                 | WorkerMsg::SessionFailed { .. }
