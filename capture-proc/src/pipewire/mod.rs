@@ -3,17 +3,23 @@
 //!
 //! Two steps, split by the sandbox:
 //! - [`preload`], before lock-down: `pw_init`, the main loop and the context (which reads
-//!   `client.conf` and loads the protocol, client-node and adapter modules from disk), and a kept
-//!   handle of the audioconvert SPA plugin, which every audio stream's adapter needs and which could
-//!   not be `dlopen`ed later (empty mount namespace, no `openat`).
+//!   `client.conf` and loads the protocol, client-node and adapter modules from disk), and kept
+//!   handles of the SPA plugins streams load on demand (audioconvert for every audio stream's
+//!   adapter, audiomixer for input ports), which could not be `dlopen`ed later (empty mount
+//!   namespace, no `openat`). The context's data-loop thread is stopped again, so lock-down finds
+//!   the process single-threaded, and memory locking is off (no `mlock` in the sandbox).
 //! - [`start`], after lock-down: connects over the fd the broker opened (`pw_context_connect_fd`), so
-//!   the worker never needs a socket or a path, creates the streams and runs the loop on its own
-//!   thread until the [`PipeWireCapture`] is dropped. The loop and context go back into [`Prepared`]
-//!   when the session ends, ready for the next one.
+//!   the worker never needs a socket or a path, starts the data loop, creates the streams and runs
+//!   the main loop on its own thread until the [`PipeWireCapture`] is dropped. The loop and context
+//!   go back into [`Prepared`] when the session ends, ready for the next one.
+//!
+//! What the client still needs from the kernel after lock-down is in [`seccomp_rules()`]; the
+//! worker's RLIMIT_FSIZE must allow PipeWire to size its memfd pool (a too-small limit fails the
+//! session with a message naming it rather than killing the worker with SIGXFSZ).
 //!
 //! Failures that happen while running (missing node, a format the encoder cannot take, a stream
 //! error, the server going away) are handed to the session's report callback once, with a message
-//! that names the node and the cause; nothing here panics or exits.
+//! that names the node and the cause; this module neither panics nor exits on them.
 
 mod audio;
 mod seccomp_rules;
