@@ -152,6 +152,7 @@ fn request_parser_enforces_its_limits() {
         "ANNOUNCE / RTSP/1.0\r\nContent-length: -1\r\n\r\n",
         "ANNOUNCE / RTSP/1.0\r\nContent-length: 1\r\ncontent-LENGTH: 1\r\n\r\nx",
         "ANNOUNCE / RTSP/1.0\r\nContent-length: 999999\r\n\r\n",
+        "PLAY / RTSP/1.0\r\nSession: A\r\nsession: B\r\n\r\n",
     ] {
         assert!(Request::parse(bad.as_bytes()).is_err(), "{bad:?}");
     }
@@ -172,6 +173,11 @@ fn replies_follow_the_client_parser_quirks() {
     assert!(matches!(
         r.serialize(),
         Err(SerializeError::BadHeaderName(_))
+    ));
+    let r = Response::new(200, "1").header("cseq", "2");
+    assert!(matches!(
+        r.serialize(),
+        Err(SerializeError::DuplicateHeader(_))
     ));
     let r = Response::new(200, "1").body(b"a\0b".to_vec());
     assert_eq!(r.serialize(), Err(SerializeError::NulInBody));
@@ -617,7 +623,12 @@ fn header_value() -> impl Strategy<Value = String> {
 }
 
 fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
-    prop::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,20}", header_value()), 1..10)
+    prop::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,20}", header_value()), 1..10).prop_map(|hs| {
+        let mut seen = std::collections::HashSet::new();
+        hs.into_iter()
+            .filter(|(n, _)| seen.insert(n.to_ascii_lowercase()))
+            .collect()
+    })
 }
 
 prop_compose! {

@@ -4,12 +4,13 @@
 //! Parsing ([`Request::parse`], [`request_len`]) takes untrusted bytes: the head (request line and
 //! headers) must end in `\r\n\r\n` within [`MAX_HEAD_LEN`] bytes, each line is at most
 //! [`MAX_LINE_LEN`] bytes of printable ASCII, there are at most [`MAX_HEADERS`] headers, and the body
-//! is exactly `Content-length` bytes (at most [`MAX_BODY_LEN`]). Header names match case-insensitively.
+//! is exactly `Content-length` bytes (at most [`MAX_BODY_LEN`]). Header names match case-insensitively
+//! and may not repeat.
 //!
 //! Serializing a reply ([`Response::serialize`]) produces only what the client's parser reads back
 //! unchanged: status line `RTSP/1.0 <code> <reason>`, at least one header (the client needs one to
 //! find the end of the head), `Name: value` with exactly one space (the client drops the first
-//! character after the colon), and a body with no NUL (the client searches it as a C string). No
+//! character after the colon), no name twice (the client keeps only the last), and a body with no NUL (the client searches it as a C string). No
 //! `Content-Length` is needed: the client reads the body until the host closes.
 
 use std::fmt::Write as _;
@@ -56,6 +57,10 @@ pub enum ParseError {
     /// More than [`MAX_HEADERS`] headers.
     #[error("more than {MAX_HEADERS} RTSP headers")]
     TooManyHeaders,
+    /// The same header name twice (ignoring case): the client's own option list cannot hold
+    /// duplicates, so two values could only be an attempt at ambiguity.
+    #[error("RTSP header {0:?} appears twice")]
+    DuplicateHeader(String),
     /// `Content-length` is not a decimal number, appears twice, or exceeds [`MAX_BODY_LEN`].
     #[error("bad Content-length: {0:?}")]
     BadContentLength(String),
@@ -87,6 +92,9 @@ pub enum SerializeError {
     NoHeaders,
     #[error("more than {MAX_HEADERS} RTSP headers")]
     TooManyHeaders,
+    /// The client keeps one value per name (the last), so a repeated name would not read back.
+    #[error("RTSP header {0:?} appears twice")]
+    DuplicateHeader(String),
     /// A request body needs exactly one matching `Content-length`, and none without a body.
     #[error("Content-length does not describe the {body_len}-byte body")]
     ContentLengthMismatch { body_len: usize },
@@ -405,6 +413,9 @@ fn parse_head(bytes: &[u8], style: ValueStyle) -> Result<Head<'_>, ParseError> {
             ValueStyle::Trimmed => value.trim_matches([' ', '\t']),
             ValueStyle::Exact => value.strip_prefix(' ').ok_or(bad)?,
         };
+        if headers.get(name).is_some() {
+            return Err(ParseError::DuplicateHeader(name.to_owned()));
+        }
         headers.push(name, value);
     }
     Ok(Head {
@@ -479,9 +490,16 @@ fn write_message(start: &str, headers: &Headers, body: &[u8]) -> Result<Vec<u8>,
     if start.len() > MAX_LINE_LEN {
         return Err(SerializeError::LineTooLong);
     }
-    for (name, value) in headers.iter() {
+    for (i, (name, value)) in headers.iter().enumerate() {
         if name.is_empty() || !name.bytes().all(is_tchar) {
             return Err(SerializeError::BadHeaderName(name.to_owned()));
+        }
+        if headers
+            .iter()
+            .take(i)
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            return Err(SerializeError::DuplicateHeader(name.to_owned()));
         }
         // Requests are read back trimmed, so a value with outer blanks would not round-trip; replies
         // are read verbatim by the client, but lumen has no reason to send outer blanks either.
