@@ -127,6 +127,8 @@ struct AudioState<A> {
     reporter: Rc<Reporter>,
     what: String,
     channels: u32,
+    /// Captures a named node (failures end the session) rather than the default monitor.
+    named: bool,
     format_ok: bool,
     /// A format was accepted at some point (so a disconnect means the node went away).
     format_ok_once: bool,
@@ -136,6 +138,16 @@ struct AudioState<A> {
 }
 
 impl<A: PcmSink> AudioState<A> {
+    /// A stream failure: fatal for a named node; for the default sink's monitor only logged,
+    /// since a host without any audio sink should still stream its picture.
+    fn fail(&self, message: String) {
+        if self.named {
+            self.reporter.fail(message);
+        } else {
+            eprintln!("lumen-capture: pipewire: {message}; the session goes on without sound");
+        }
+    }
+
     fn on_format(&mut self, param: &Pod) {
         let (media_type, media_subtype) = match spa::param::format_utils::parse_format(param) {
             Ok(kind) => kind,
@@ -210,16 +222,16 @@ impl<A: PcmSink> AudioState<A> {
     fn on_state(&mut self, new: StreamState) {
         match new {
             StreamState::Error(message) => {
-                self.reporter.fail(format!("{}: {message}", self.what));
+                self.fail(format!("{}: {message}", self.what));
             }
             // The session manager disconnects a stream whose target does not exist (or
             // vanished) instead of linking it elsewhere (DONT_RECONNECT); our own teardown
             // removes this listener before the stream, so this is never our doing.
             StreamState::Unconnected if self.format_ok_once => {
-                self.reporter.fail(format!("{} went away", self.what));
+                self.fail(format!("{} went away", self.what));
             }
             StreamState::Unconnected => {
-                self.reporter.fail(format!(
+                self.fail(format!(
                     "{} could not be linked: it does not exist or offers no raw audio",
                     self.what
                 ));
@@ -282,6 +294,7 @@ impl<'c, A: PcmSink> AudioCapture<'c, A> {
             reporter,
             what: what.clone(),
             channels,
+            named: target.is_some(),
             format_ok: false,
             format_ok_once: false,
             started: started.clone(),

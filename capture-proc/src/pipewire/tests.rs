@@ -890,3 +890,48 @@ fn refused_formats_and_vanishing_nodes_are_reported() {
         reported[0]
     );
 }
+
+/// A host without any audio sink (no default monitor to record) still streams its picture: the
+/// missing sound is logged, not a session failure.
+#[test]
+fn a_host_without_an_audio_sink_still_streams_video() {
+    let Some(mut env) = PipeWireEnv::start().expect("starting the private PipeWire") else {
+        return;
+    };
+    env.add_video_source(&VideoSource {
+        name: "lumen-test-silent".into(),
+        width: 160,
+        height: 120,
+        fps: 30,
+        format: "RGBx".into(),
+        solid_argb: None,
+    })
+    .expect("video source");
+    let prepared = preload().expect("preload");
+    let params = session(640, 360, 30);
+    let mut pipeline = pipeline(&params);
+    let (reported, report) = reports();
+    let capture = start(
+        &prepared,
+        remote(&env),
+        "lumen-test-silent",
+        None,
+        params,
+        pipeline.video.clone(),
+        pipeline.audio.clone(),
+        report,
+        |_| {},
+    )
+    .expect("start");
+    // Past the first-buffer watchdog.
+    let seen = play_encode(&mut pipeline, FIRST_BUFFER_TIMEOUT + Duration::from_secs(1));
+    drop(capture);
+    let reported = reported.lock().unwrap().clone();
+    assert!(reported.is_empty(), "reports: {reported:?}");
+    assert!(seen.audio_records.is_empty());
+    assert!(seen.frames.len() >= 200, "{} frames", seen.frames.len());
+    assert!(seen
+        .frames
+        .iter()
+        .all(|f| (f.1, f.2, f.3) == (160, 120, PixelFormat::Rgbx)));
+}
