@@ -517,7 +517,9 @@ fn run_session<V: FrameSink, A: PcmSink>(
             let secs = FIRST_BUFFER_TIMEOUT.as_secs();
             if !video_started.get() {
                 reporter.fail(format!(
-                    "no video from {video_what} within {secs} s (the node does not exist, is not linked, or never negotiated a format)"
+                    "no video from {video_what} within {secs} s: it does not exist, is not \
+                     linked, or offers no format the encoder takes ({})",
+                    video::OFFERED_NAMES
                 ));
             }
             // A host without any audio sink has no default monitor: stream silence rather

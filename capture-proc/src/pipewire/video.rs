@@ -39,7 +39,7 @@ const OFFERED: &[(VideoFormat, PixelFormat, &str)] = &[
 ];
 
 /// The offered formats' names, for messages.
-const OFFERED_NAMES: &str = "BGRx, BGRA, RGBx, RGBA, NV12";
+pub(crate) const OFFERED_NAMES: &str = "BGRx, BGRA, RGBx, RGBA, NV12";
 
 /// What a slot holds for a negotiated PipeWire format, and its name, if the encoder takes it.
 pub(crate) fn slot_format(format: VideoFormat) -> Option<(PixelFormat, &'static str)> {
