@@ -229,7 +229,12 @@ impl<S: AsFd> UdpSender<S> {
             peer: peer.map(|p| RawAddr::new(p, socket_is_v6)),
             socket,
             pacing: Pacing {
-                spread: pacing.spread.clamp(0.0, 1.0),
+                // NaN would make the deadline arithmetic panic; it means "no pacing".
+                spread: if pacing.spread.is_nan() {
+                    0.0
+                } else {
+                    pacing.spread.clamp(0.0, 1.0)
+                },
                 max_segments: pacing.max_segments.clamp(1, MAX_SEGMENTS),
             },
             mode: SendMode::Probing,
@@ -248,6 +253,12 @@ impl<S: AsFd> UdpSender<S> {
 
     /// Sends one datagram on its own (audio, control replies).
     pub fn send_one(&mut self, datagram: &[u8]) -> Result<(), SendError> {
+        if datagram.is_empty() {
+            return Err(SendError::Layout {
+                len: 0,
+                datagram_len: 0,
+            });
+        }
         self.sendmmsg(datagram, datagram.len())
             .map(|_| ())
             .map_err(|source| SendError::Io {
@@ -756,6 +767,20 @@ mod tests {
             sender.send_frame(&[0; 70_000], 70_000, Duration::ZERO),
             Err(SendError::DatagramTooLarge(70_000))
         ));
+        assert!(matches!(
+            sender.send_one(&[]),
+            Err(SendError::Layout { .. })
+        ));
+        let (tx, _rx) = pair();
+        let nan = Pacing {
+            spread: f64::NAN,
+            ..Pacing::default()
+        };
+        let sender = UdpSender::new(tx, None, nan).unwrap();
+        let schedule = sender
+            .schedule(200 * 100, 100, Duration::from_secs(1))
+            .unwrap();
+        assert!(schedule.map(|b| b.due).all(|d| d == Duration::ZERO));
     }
 
     #[test]
