@@ -43,6 +43,22 @@ pub enum SourceKind {
     TestPattern,
     /// A PipeWire node (e.g. a compositor's screen-cast stream or a headless source).
     Pipewire,
+    /// The screen the user picks through the ScreenCast portal (`xdg-desktop-portal`): the
+    /// broker opens the portal session and hands capture the portal's PipeWire remote.
+    Portal,
+}
+
+/// How the ScreenCast portal draws the pointer.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CursorMode {
+    /// Drawn into the picture (a client sees where the pointer is without extra work).
+    #[default]
+    Embedded,
+    /// Left out of the picture.
+    Hidden,
+    /// Sent as PipeWire metadata beside the picture.
+    Metadata,
 }
 
 /// `[capture]`: the capture source.
@@ -56,6 +72,11 @@ pub struct CaptureConfig {
     pub audio_node: Option<String>,
     /// PipeWire: the daemon's socket (default `$PIPEWIRE_REMOTE` or `$XDG_RUNTIME_DIR/pipewire-0`).
     pub pipewire_socket: Option<std::path::PathBuf>,
+    /// Portal: how the pointer is drawn.
+    pub portal_cursor: CursorMode,
+    /// Portal: where the restore token is kept, so a broker restart reopens the same screen
+    /// without asking the user again (default `portal-restore-token` in the state dir).
+    pub portal_restore_token_file: Option<std::path::PathBuf>,
     /// The largest source picture a frame slot must hold (the stream may be smaller: encode scales).
     pub max_source_width: u32,
     pub max_source_height: u32,
@@ -68,6 +89,8 @@ impl Default for CaptureConfig {
             video_node: String::new(),
             audio_node: None,
             pipewire_socket: None,
+            portal_cursor: CursorMode::Embedded,
+            portal_restore_token_file: None,
             max_source_width: 3840,
             max_source_height: 2160,
         }
@@ -186,6 +209,24 @@ mod tests {
         assert!(parse("[capture]\nsource = \"x11\"\n").is_err());
         let huge = parse("[capture]\nmax_source_width = 100000\n").unwrap();
         assert_eq!(huge.capture.max_source().0, lumen_ipc::media::MAX_DIMENSION);
+    }
+
+    #[test]
+    fn portal_source_is_read() {
+        let c = parse(
+            "[capture]\nsource = \"portal\"\nportal_cursor = \"metadata\"\nportal_restore_token_file = \"/x/token\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.capture.source, SourceKind::Portal);
+        assert_eq!(c.capture.portal_cursor, CursorMode::Metadata);
+        assert_eq!(
+            c.capture.portal_restore_token_file.as_deref(),
+            Some(Path::new("/x/token"))
+        );
+        let defaults = parse("[capture]\nsource = \"portal\"\n").unwrap();
+        assert_eq!(defaults.capture.portal_cursor, CursorMode::Embedded);
+        assert_eq!(defaults.capture.portal_restore_token_file, None);
+        assert!(parse("[capture]\nportal_cursor = \"sparkly\"\n").is_err());
     }
 
     #[test]

@@ -12,9 +12,11 @@
 
 pub mod pipewire_remote;
 pub mod plumbing;
+pub mod portal;
 pub mod recorder;
 
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -40,6 +42,22 @@ pub struct WorkerPart {
     /// Why it failed, in the worker's words.
     pub error: Option<String>,
     pub stats: Option<MediaStats>,
+}
+
+impl SessionStatus {
+    fn new(params: SessionParams, source: String, generation: Generation) -> SessionStatus {
+        SessionStatus {
+            params,
+            source,
+            generation,
+            rebuilds: 0,
+            started_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            capture: WorkerPart::waiting(),
+            encode: WorkerPart::waiting(),
+        }
+    }
 }
 
 impl WorkerPart {
@@ -87,6 +105,10 @@ pub struct Sessions {
     supervisor: Supervisor,
     config: CaptureConfig,
     state: Arc<Mutex<State>>,
+    /// The ScreenCast portal session, opened on first use (`source = "portal"`).
+    portal: Arc<Mutex<Option<portal::Portal>>>,
+    /// Where the portal's restore token is kept unless the config names a file.
+    state_dir: Option<PathBuf>,
 }
 
 impl Sessions {
@@ -101,29 +123,74 @@ impl Sessions {
                 active: None,
                 last: None,
             })),
+            portal: Arc::new(Mutex::new(None)),
+            state_dir: None,
         }
+    }
+
+    /// Keeps the portal's restore token in `state_dir` (unless the config names a file), so a
+    /// broker restart reopens the same screen without asking the user.
+    // Until `main.rs` calls it, the token lives as long as the broker unless the config names a
+    // file.
+    #[allow(dead_code)]
+    pub fn with_state_dir(mut self, state_dir: PathBuf) -> Sessions {
+        self.state_dir = Some(state_dir);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn capture_source(&self) -> CaptureSource {
+    /// What capture captures and, for PipeWire, a fresh remote: every (re)build gets its own,
+    /// since the one a dead worker held is gone with it.
+    fn source_and_remote(&self) -> anyhow::Result<(CaptureSource, Option<OwnedFd>)> {
         match self.config.source {
-            SourceKind::TestPattern => CaptureSource::TestPattern,
-            SourceKind::Pipewire => CaptureSource::PipeWire {
-                video_node: self.config.video_node.clone(),
-                audio_node: self.config.audio_node.clone(),
-            },
+            SourceKind::TestPattern => Ok((CaptureSource::TestPattern, None)),
+            SourceKind::Pipewire => {
+                let remote = pipewire_remote::connect(self.config.pipewire_socket.as_deref())?;
+                let source = CaptureSource::PipeWire {
+                    video_node: self.config.video_node.clone(),
+                    audio_node: self.config.audio_node.clone(),
+                };
+                Ok((source, Some(remote)))
+            }
+            SourceKind::Portal => {
+                let stream = self.portal_stream()?;
+                // The portal's remote shows the shared screen's node only, so there is no
+                // sound to name on it.
+                let source = CaptureSource::PipeWire {
+                    video_node: stream.node_id.to_string(),
+                    audio_node: None,
+                };
+                Ok((source, Some(stream.remote)))
+            }
         }
     }
 
-    fn pipewire_remote(&self, source: &CaptureSource) -> anyhow::Result<Option<OwnedFd>> {
-        match source {
-            CaptureSource::TestPattern => Ok(None),
-            CaptureSource::PipeWire { .. } => {
-                pipewire_remote::connect(self.config.pipewire_socket.as_deref()).map(Some)
-            }
+    fn describe(&self, source: &CaptureSource) -> String {
+        match self.config.source {
+            SourceKind::Portal => format!("screencast portal: {}", describe(source)),
+            SourceKind::TestPattern | SourceKind::Pipewire => describe(source),
+        }
+    }
+
+    fn portal_stream(&self) -> anyhow::Result<portal::PortalStream> {
+        let mut slot = self.portal.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            let token_file = self.config.portal_restore_token_file.clone().or_else(|| {
+                self.state_dir
+                    .as_ref()
+                    .map(|dir| dir.join("portal-restore-token"))
+            });
+            *slot = Some(portal::Portal::start(portal::PortalConfig {
+                cursor: self.config.portal_cursor,
+                token_file,
+            })?);
+        }
+        match slot.as_ref() {
+            Some(portal) => portal.acquire(),
+            None => anyhow::bail!("the ScreenCast portal did not start"),
         }
     }
 
@@ -137,11 +204,19 @@ impl Sessions {
         params
             .validate()
             .map_err(|e| anyhow::anyhow!("session parameters: {e}"))?;
-        let source = self.capture_source();
+        // Before taking the state: opening the portal may wait for the user.
+        let (source, remote) = match self.source_and_remote() {
+            Ok(found) => found,
+            Err(e) => {
+                let mut status = SessionStatus::new(params, "unavailable".into(), 0);
+                fail_both(&mut status, format!("{e:#}"));
+                self.state().last = Some(status);
+                return Err(e);
+            }
+        };
         let mut state = self.state();
         let generation = state.next_generation;
         state.next_generation += 1;
-        let remote = self.pipewire_remote(&source)?;
         let plumbing = plumbing::build(
             params,
             source.clone(),
@@ -150,17 +225,7 @@ impl Sessions {
             generation,
         )?;
         self.send(WorkerKind::Encode, plumbing.encode);
-        let status = SessionStatus {
-            params,
-            source: describe(&source),
-            generation,
-            rebuilds: 0,
-            started_unix: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            capture: WorkerPart::waiting(),
-            encode: WorkerPart::waiting(),
-        };
+        let status = SessionStatus::new(params, self.describe(&source), generation);
         tracing::info!(generation, ?params, "media session started");
         state.active = Some(Active {
             params,
@@ -222,21 +287,30 @@ impl Sessions {
 
     /// A fresh capture or encode worker: rebuild the running session under a new generation.
     fn rebuild(&self, restarted: WorkerKind) {
+        if self.state().active.is_none() {
+            return;
+        }
+        // Outside the state lock: reopening a portal session may wait for the user, and status
+        // must still answer meanwhile.
+        let found = self.source_and_remote();
         let mut state = self.state();
         let generation = state.next_generation;
         let Some(active) = &mut state.active else {
             return;
         };
-        let remote = match self.pipewire_remote(&active.source) {
-            Ok(remote) => remote,
+        let (source, remote) = match found {
+            Ok(found) => found,
             Err(e) => {
                 fail_both(
                     &mut active.status,
-                    format!("reconnecting to PipeWire: {e:#}"),
+                    format!("reconnecting to the capture source: {e:#}"),
                 );
                 return;
             }
         };
+        // A reopened portal session may name another node.
+        active.status.source = self.describe(&source);
+        active.source = source;
         let plumbing = match plumbing::build(
             active.params,
             active.source.clone(),
