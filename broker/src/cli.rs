@@ -280,6 +280,45 @@ fn render_status(status: &Value) -> String {
         ),
     );
     line(&mut out, "stream statistics: none yet".to_string());
+    let media = &status["media_session"];
+    if media.is_null() {
+        line(&mut out, "media session: none".to_string());
+    } else {
+        let p = &media["params"];
+        line(
+            &mut out,
+            format!(
+                "media session {}: {}x{}@{} {} {} kbit/s, {} audio, source {}",
+                text(&media["generation"]),
+                text(&p["width"]),
+                text(&p["height"]),
+                text(&p["fps"]),
+                text(&p["codec"]),
+                text(&p["bitrate_kbps"]),
+                text(&p["audio"]),
+                text(&media["source"]),
+            ),
+        );
+        for part in ["capture", "encode"] {
+            let w = &media[part];
+            let stats = &w["stats"];
+            let mut shown = format!("  {part}: {}", text(&w["state"]));
+            if !stats.is_null() {
+                shown.push_str(&format!(
+                    ", {} ({} frames, {} dropped, {} repeated, {} audio packets)",
+                    text(&stats["component"]),
+                    text(&stats["frames"]),
+                    text(&stats["dropped"]),
+                    text(&stats["repeated"]),
+                    text(&stats["audio_packets"]),
+                ));
+            }
+            if !w["error"].is_null() {
+                shown.push_str(&format!(" — ERROR: {}", text(&w["error"])));
+            }
+            line(&mut out, shown);
+        }
+    }
     line(
         &mut out,
         format!("paired clients: {}", text(&status["paired_clients"])),
@@ -377,6 +416,31 @@ mod tests {
             "seccomp=2",
             "sessions: none",
             "PROBLEM: x was corrupt",
+            "media session: none",
+        ] {
+            assert!(table.contains(needle), "{needle:?} not in\n{table}");
+        }
+    }
+
+    #[test]
+    fn status_table_shows_the_media_session_and_its_errors() {
+        let status = serde_json::json!({
+            "workers": [], "ports": [],
+            "media_session": {
+                "generation": 3, "source": "test-pattern",
+                "params": {"width": 640, "height": 360, "fps": 30, "codec": "H264",
+                           "bitrate_kbps": 1000, "audio": "Stereo"},
+                "capture": {"state": "running", "error": null,
+                            "stats": {"component": "test-pattern NV12 640x360@30", "frames": 90,
+                                      "dropped": 0, "repeated": 0, "audio_packets": 600}},
+                "encode": {"state": "failed", "error": "no av1 encoder", "stats": null}
+            }
+        });
+        let table = render_status(&status);
+        for needle in [
+            "media session 3: 640x360@30 H264 1000 kbit/s",
+            "capture: running, test-pattern NV12 640x360@30 (90 frames",
+            "encode: failed — ERROR: no av1 encoder",
         ] {
             assert!(table.contains(needle), "{needle:?} not in\n{table}");
         }
