@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lumen_ipc::msg::{BrokerMsg, WorkerKind};
+use lumen_ipc::net_msg::{NetReply, PairReply};
 
 use crate::net_service::NetService;
 use crate::session::Sessions;
@@ -20,6 +21,16 @@ pub fn start(
     let mut events = supervisor
         .take_events()
         .context("worker events are already taken")?;
+    // `unpair` (and pairing) change the pinned set: net must stop (or start) accepting at once.
+    let mut client_changes = net.client_changes();
+    tokio::spawn({
+        let (supervisor, net) = (supervisor.clone(), net.clone());
+        async move {
+            while client_changes.changed().await.is_ok() {
+                push_identity(&supervisor, &net);
+            }
+        }
+    });
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             match event {
@@ -27,6 +38,12 @@ pub fn start(
                     let (supervisor, net) = (supervisor.clone(), net.clone());
                     tokio::spawn(async move {
                         let reply = net.handle(request).await;
+                        // The new pin goes first, so net accepts the client's certificate by
+                        // the time it answers stage 4 (the client's next request is stage 5
+                        // over mutual TLS).
+                        if reply == NetReply::Pair(PairReply::Paired) {
+                            push_identity(&supervisor, &net);
+                        }
                         if let Err(e) = supervisor.send(
                             WorkerKind::Net,
                             BrokerMsg::NetReply { id, reply },
@@ -39,10 +56,7 @@ pub fn start(
                 WorkerEvent::Ready {
                     kind: WorkerKind::Net,
                 } => {
-                    let identity = BrokerMsg::NetIdentity(net.identity());
-                    if let Err(e) = supervisor.send(WorkerKind::Net, identity, Vec::new()) {
-                        tracing::warn!("sending lumen-net the host identity: {e:#}");
-                    }
+                    push_identity(&supervisor, &net);
                     sessions.on_event(event);
                 }
                 other => sessions.on_event(other),
@@ -50,4 +64,12 @@ pub fn start(
         }
     });
     Ok(())
+}
+
+/// Sends lumen-net the host identity and the current pinned clients.
+fn push_identity(supervisor: &Supervisor, net: &NetService) {
+    let identity = BrokerMsg::NetIdentity(net.identity());
+    if let Err(e) = supervisor.send(WorkerKind::Net, identity, Vec::new()) {
+        tracing::warn!("sending lumen-net the host identity: {e:#}");
+    }
 }

@@ -117,10 +117,12 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
         let supervisor = Supervisor::start(supervisor_config, sockets).await?;
         let sessions = session::Sessions::new(supervisor.clone(), config.capture.clone());
         let clients = Arc::new(Mutex::new(clients));
+        let pairing = PairingSlot::new(pair_wait);
         let net = Arc::new(net_service::NetService::new(
             loaded.identity.clone(),
             clients.clone(),
-        ));
+            pairing.clone(),
+        )?);
         dispatch::start(supervisor.clone(), sessions.clone(), net)?;
         tracing::info!(%bind, port_base, socket = %paths.control_socket.display(), "lumen-broker serving");
         let view = Arc::new(BrokerView {
@@ -133,7 +135,7 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             ports,
             clients,
             problems,
-            pairing: PairingSlot::new(pair_wait),
+            pairing,
             sessions: Some(sessions),
         });
         let signal = wait_for_stop_signal()?;

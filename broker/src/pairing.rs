@@ -1,15 +1,14 @@
 //! The PIN slot between `lumen-broker pair PIN` and a Moonlight client that is pairing.
 //!
 //! The user types the PIN Moonlight shows; the broker holds it for a while and waits for a client
-//! to start pairing. The pairing protocol (run by `lumen-net` and the broker) lands in a later
-//! issue: it will call [`PairingSlot::take_pin`] when a client's pairing request arrives and send
-//! the outcome back through the returned sender. Until then no client can start pairing, so every
-//! wait ends with the honest timeout error.
+//! to start pairing. A client's first pairing stage (see `net_service`) waits in
+//! [`PairingSlot::wait_for_pin`] until a PIN is offered, takes it, and reports the outcome back
+//! through the sender it got with it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// How long `pair` waits for a client by default (Moonlight shows its PIN for about that long).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -35,7 +34,6 @@ impl Pin {
     }
 
     /// The digits, for the pairing protocol.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn digits(&self) -> &str {
         &self.0
     }
@@ -81,6 +79,8 @@ struct Waiting {
 #[derive(Clone)]
 pub struct PairingSlot {
     waiting: Arc<Mutex<Option<Waiting>>>,
+    /// Wakes clients waiting in [`PairingSlot::wait_for_pin`] when a PIN is offered.
+    offered: Arc<Notify>,
     wait: Duration,
 }
 
@@ -89,6 +89,7 @@ impl PairingSlot {
     pub fn new(wait: Duration) -> PairingSlot {
         PairingSlot {
             waiting: Arc::new(Mutex::new(None)),
+            offered: Arc::new(Notify::new()),
             wait,
         }
     }
@@ -104,6 +105,7 @@ impl PairingSlot {
             }
             *waiting = Some(Waiting { pin, reply });
         }
+        self.offered.notify_waiters();
         let result = tokio::time::timeout(self.wait, outcome).await;
         // Whatever happened, this PIN is no longer on offer.
         {
@@ -123,13 +125,30 @@ impl PairingSlot {
 
     /// Called when a client starts pairing: takes the waiting PIN, if any, and the sender
     /// through which the pairing protocol reports the outcome to the waiting `pair`.
-    #[cfg_attr(not(test), allow(dead_code))] // the net worker's pairing request calls this (later issue)
     pub fn take_pin(&self) -> Option<(Pin, oneshot::Sender<Outcome>)> {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         waiting
             .take()
             .filter(|w| !w.reply.is_closed())
             .map(|w| (w.pin, w.reply))
+    }
+
+    /// Takes the PIN on offer, waiting up to `timeout` for one (a client's first pairing stage
+    /// blocks until the user runs `pair`, as Moonlight expects). `None` when none came.
+    pub async fn wait_for_pin(&self, timeout: Duration) -> Option<(Pin, oneshot::Sender<Outcome>)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before looking, so an offer between the look and the wait still wakes.
+            let offered = self.offered.notified();
+            tokio::pin!(offered);
+            offered.as_mut().enable();
+            if let Some(taken) = self.take_pin() {
+                return Some(taken);
+            }
+            if tokio::time::timeout_at(deadline, offered).await.is_err() {
+                return None;
+            }
+        }
     }
 }
 
@@ -183,6 +202,29 @@ mod tests {
         };
         reply.send(Ok(paired.clone())).unwrap();
         assert_eq!(waiter.await.unwrap(), Ok(paired));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_client_gets_the_pin_when_it_is_offered() {
+        let slot = PairingSlot::new(Duration::from_secs(5));
+        let client = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.wait_for_pin(Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let offer = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.offer(Pin::parse("9876").unwrap()).await }
+        });
+        let (pin, reply) = client.await.unwrap().expect("the client got the PIN");
+        assert_eq!(pin.digits(), "9876");
+        reply.send(Err("wrong PIN".into())).unwrap();
+        assert_eq!(
+            offer.await.unwrap(),
+            Err(PairingError::Failed("wrong PIN".into()))
+        );
+        // Nobody offers: the wait ends empty.
+        assert!(slot.wait_for_pin(Duration::from_millis(30)).await.is_none());
     }
 
     #[tokio::test]

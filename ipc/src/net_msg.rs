@@ -4,20 +4,80 @@
 //!
 //! Requests travel as `WorkerMsg::NetRequest { id, request }` and are answered by
 //! `BrokerMsg::NetReply { id, reply }` with the same `id`; the broker answers every request it
-//! accepts exactly once, in any order. Only `lumen-net` may send them.
+//! accepts exactly once, in any order. Only `lumen-net` may send them, and the broker checks every
+//! request with [`NetRequest::validate`] before acting on it (a worker is never trusted).
 
 use serde::{Deserialize, Serialize};
 
 /// The largest message a TLS signature request may carry (a TLS 1.3 CertificateVerify input is
 /// ~130 bytes, a TLS 1.2 ServerKeyExchange a few hundred).
 pub const MAX_SIGN_INPUT: usize = 4096;
+/// Longest client `uniqueid` accepted (Moonlight sends 16 hex digits).
+pub const MAX_UNIQUEID: usize = 64;
+/// Longest client certificate PEM accepted at pairing (an RSA-4096 certificate is ~2 KiB).
+pub const MAX_CLIENT_CERT_PEM: usize = 8192;
+/// Longest device name kept from a pairing request.
+pub const MAX_DEVICE_NAME: usize = 64;
+/// Longest client signature over its pairing secret (RSA-4096 is 512 bytes).
+pub const MAX_CLIENT_SIGNATURE: usize = 512;
 
 /// A request from `lumen-net`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum NetRequest {
     /// Sign `message` with the host key for a TLS handshake. `scheme` is the TLS
-    /// SignatureScheme code point (e.g. 0x0804 rsa_pss_rsae_sha256, 0x0401 rsa_pkcs1_sha256).
+    /// SignatureScheme code point (0x0804 rsa_pss_rsae_sha256 or 0x0401 rsa_pkcs1_sha256).
     TlsSign { scheme: u16, message: Vec<u8> },
+    /// One stage of GameStream pairing (`/pair` over HTTP) for the client that calls itself
+    /// `client_uniqueid`. The broker keeps the pairing state per uniqueid.
+    Pair {
+        client_uniqueid: String,
+        stage: PairStage,
+    },
+}
+
+/// The inputs of one pairing stage, already hex-decoded by `lumen-net`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum PairStage {
+    /// Stage 1, `phrase=getservercert`: the client's salt and certificate. Waits until the user
+    /// offers a PIN (`lumen-broker pair PIN`).
+    GetServerCert {
+        salt: [u8; 16],
+        client_cert_pem: String,
+        device_name: String,
+    },
+    /// Stage 2, `clientchallenge`: the client's challenge, AES-ECB encrypted.
+    ClientChallenge { challenge: [u8; 16] },
+    /// Stage 3, `serverchallengeresp`: the client's hash, AES-ECB encrypted.
+    ServerChallengeResp { response: [u8; 32] },
+    /// Stage 4, `clientpairingsecret`: the client's secret and its signature over it.
+    ClientPairingSecret {
+        secret: [u8; 16],
+        signature: Vec<u8>,
+    },
+    /// `/unpair` (clients call it when pairing fails on their side, e.g. a wrong PIN): ends any
+    /// attempt of this uniqueid.
+    Abort,
+}
+
+/// The broker's answer to a pairing stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum PairReply {
+    /// Stage 1: the host certificate (PEM), sent to the client as `plaincert`.
+    ServerCert { cert_pem: String },
+    /// Stage 1: another attempt of this uniqueid is in progress (the reply carries no
+    /// `plaincert`, which clients read as "already pairing").
+    AlreadyPairing,
+    /// Stage 2: `challengeresponse` (48 bytes with SHA-256).
+    ChallengeResponse(Vec<u8>),
+    /// Stage 3: `pairingsecret` (server secret followed by the host's signature over it).
+    PairingSecret(Vec<u8>),
+    /// Stage 4 succeeded: the client is paired. The broker pushes the new `NetIdentity` before
+    /// this reply, so the client's certificate is pinned when net sees it.
+    Paired,
+    /// `Abort` was taken.
+    Aborted,
+    /// The stage failed and the attempt is over (`<paired>0</paired>`); why, for logs.
+    Failed(String),
 }
 
 /// The broker's answer to a [`NetRequest`].
@@ -25,6 +85,8 @@ pub enum NetRequest {
 pub enum NetReply {
     /// The signature asked for by `TlsSign`.
     Signature(Vec<u8>),
+    /// The answer to a `Pair` stage.
+    Pair(PairReply),
     /// The request was refused, and why (shown in logs; never a secret).
     Refused(String),
 }
@@ -39,4 +101,130 @@ pub struct NetIdentity {
     pub cert_pem: String,
     /// SHA-256 of the DER of every paired client certificate.
     pub paired_sha256: Vec<[u8; 32]>,
+}
+
+/// Whether `id` is a client uniqueid the broker keeps state under: 1..=[`MAX_UNIQUEID`] ASCII
+/// letters, digits, `-` or `_`.
+pub fn valid_uniqueid(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_UNIQUEID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl NetRequest {
+    /// Checks every length and string of the request; the broker refuses what fails.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            NetRequest::TlsSign { message, .. } => {
+                if message.len() > MAX_SIGN_INPUT {
+                    return Err(format!(
+                        "TLS signature input of {} bytes (at most {MAX_SIGN_INPUT})",
+                        message.len()
+                    ));
+                }
+                Ok(())
+            }
+            NetRequest::Pair {
+                client_uniqueid,
+                stage,
+            } => {
+                if !valid_uniqueid(client_uniqueid) {
+                    return Err("pairing request with a malformed client uniqueid".into());
+                }
+                match stage {
+                    PairStage::GetServerCert {
+                        client_cert_pem,
+                        device_name,
+                        ..
+                    } => {
+                        if client_cert_pem.len() > MAX_CLIENT_CERT_PEM {
+                            return Err(format!(
+                                "client certificate of {} bytes (at most {MAX_CLIENT_CERT_PEM})",
+                                client_cert_pem.len()
+                            ));
+                        }
+                        if device_name.len() > MAX_DEVICE_NAME
+                            || device_name.chars().any(char::is_control)
+                        {
+                            return Err("malformed device name".into());
+                        }
+                        Ok(())
+                    }
+                    PairStage::ClientPairingSecret { signature, .. } => {
+                        if signature.is_empty() || signature.len() > MAX_CLIENT_SIGNATURE {
+                            return Err(format!(
+                                "client signature of {} bytes (1..={MAX_CLIENT_SIGNATURE})",
+                                signature.len()
+                            ));
+                        }
+                        Ok(())
+                    }
+                    PairStage::ClientChallenge { .. }
+                    | PairStage::ServerChallengeResp { .. }
+                    | PairStage::Abort => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(id: &str, stage: PairStage) -> NetRequest {
+        NetRequest::Pair {
+            client_uniqueid: id.into(),
+            stage,
+        }
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        assert!(NetRequest::TlsSign {
+            scheme: 0x0804,
+            message: vec![0; MAX_SIGN_INPUT]
+        }
+        .validate()
+        .is_ok());
+        assert!(NetRequest::TlsSign {
+            scheme: 0x0804,
+            message: vec![0; MAX_SIGN_INPUT + 1]
+        }
+        .validate()
+        .is_err());
+        assert!(pair("0123456789ABCDEF", PairStage::Abort)
+            .validate()
+            .is_ok());
+        for bad in ["", "a b", "x/y", &"a".repeat(MAX_UNIQUEID + 1)] {
+            assert!(pair(bad, PairStage::Abort).validate().is_err(), "{bad:?}");
+        }
+        let stage1 = |pem: String, name: &str| PairStage::GetServerCert {
+            salt: [0; 16],
+            client_cert_pem: pem,
+            device_name: name.into(),
+        };
+        assert!(pair("id", stage1("x".repeat(100), "roth"))
+            .validate()
+            .is_ok());
+        assert!(
+            pair("id", stage1("x".repeat(MAX_CLIENT_CERT_PEM + 1), "roth"))
+                .validate()
+                .is_err()
+        );
+        assert!(pair("id", stage1(String::new(), "a\nb"))
+            .validate()
+            .is_err());
+        let stage4 = |len| PairStage::ClientPairingSecret {
+            secret: [0; 16],
+            signature: vec![1; len],
+        };
+        assert!(pair("id", stage4(256)).validate().is_ok());
+        assert!(pair("id", stage4(0)).validate().is_err());
+        assert!(pair("id", stage4(MAX_CLIENT_SIGNATURE + 1))
+            .validate()
+            .is_err());
+    }
 }

@@ -53,6 +53,17 @@ pub fn policy() -> Policy {
         ),
         allow(SYS_timerfd_settime, "timerfd_settime", "packet pacing"),
         allow(SYS_timerfd_gettime, "timerfd_gettime", "packet pacing"),
+        allow_if(
+            SYS_socketpair,
+            "socketpair",
+            ArgRule::Equals {
+                arg: 0,
+                value: AF_UNIX as u64,
+            },
+            "tokio's signal driver makes one unnamed AF_UNIX pair when the nvhttp runtime starts \
+             (the workspace's tokio has its `signal` feature); such a pair reaches nothing outside \
+             the process",
+        ),
     ]);
     Policy {
         kind: WorkerKind::Net,

@@ -48,6 +48,18 @@ impl LanSockets {
     pub fn len(&self) -> usize {
         self.sockets.len()
     }
+
+    /// A duplicate of the socket of `role` (the original stays held here), if one was handed over.
+    pub fn dup(&self, role: SocketRole) -> Result<Option<OwnedFd>, String> {
+        self.sockets
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, fd)| {
+                fd.try_clone()
+                    .map_err(|e| format!("duplicating the {role:?} socket: {e}"))
+            })
+            .transpose()
+    }
 }
 
 #[cfg(test)]

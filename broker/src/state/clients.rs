@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use super::atomic::{self, Loaded, SetAside, StateError};
 
@@ -55,6 +56,8 @@ const VERSION: u32 = 1;
 pub struct ClientStore {
     path: PathBuf,
     clients: Vec<PairedClient>,
+    /// Counts changes, so `lumen-net` can be told the new pinned set (pairing, `unpair`).
+    changes: watch::Sender<u64>,
 }
 
 impl ClientStore {
@@ -66,21 +69,33 @@ impl ClientStore {
             Loaded::Parsed(clients) => (clients, None),
             Loaded::Corrupt(aside) => (Vec::new(), Some(aside)),
         };
-        Ok((ClientStore { path, clients }, aside))
+        let (changes, _) = watch::channel(0);
+        Ok((
+            ClientStore {
+                path,
+                clients,
+                changes,
+            },
+            aside,
+        ))
     }
 
     pub fn list(&self) -> &[PairedClient] {
         &self.clients
     }
 
+    /// Wakes on every change of the paired set.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// Whether a client with this certificate hash (lowercase hex) is paired.
-    #[cfg_attr(not(test), allow(dead_code))] // used by the net worker's TLS check in a later issue
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn contains_sha256(&self, sha256_hex: &str) -> bool {
         self.clients.iter().any(|c| c.cert_sha256 == sha256_hex)
     }
 
     /// Records a newly paired client (re-pairing the same certificate replaces its entry).
-    #[cfg_attr(not(test), allow(dead_code))] // called by pairing, which lands in a later issue
     pub(crate) fn add(
         &mut self,
         name: &str,
@@ -141,6 +156,8 @@ impl ClientStore {
         let json = serde_json::to_vec_pretty(&file)?;
         atomic::write_atomic(&self.path, &json)?;
         self.clients = file.clients;
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
         Ok(())
     }
 }
@@ -194,7 +211,9 @@ mod tests {
         let dir = scratch();
         let (mut store, aside) = ClientStore::load(&dir).unwrap();
         assert!(aside.is_none());
+        let changes = store.subscribe();
         let a = store.add("deck\u{7}", &cert(1), 100).unwrap();
+        assert!(changes.has_changed().unwrap());
         let b = store.add("phone", &cert(2), 200).unwrap();
         assert_eq!(a.name, "deck");
         assert_eq!(a.id.len(), 16);

@@ -1,0 +1,430 @@
+//! The nvhttp endpoints (gamestream-protocol.md §2): routing by transport and path, every reply
+//! an XML document (or the box-art PNG). Plain HTTP serves `/serverinfo`, `/pair` stages 1-4 and
+//! `/unpair`; HTTPS serves everything, but only to a paired client certificate: any other gets
+//! `status_code="401"` on every endpoint.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use lumen_ipc::net_msg::{NetReply, NetRequest, PairStage};
+
+use super::pairing::{self, PairRequest};
+use super::query::Query;
+use super::xml::Xml;
+use super::Host;
+
+/// Moonlight reads the protocol generation from this (7.x: SHA-256 pairing; 431: encrypted
+/// control stream; a negative last field: a Sunshine host).
+pub const APP_VERSION: &str = "7.1.431.-1";
+/// What Sunshine reports; moonlight-qt checks the prefix (2.x blocks 4K).
+const GFE_VERSION: &str = "3.23.0.74";
+/// Largest HEVC picture the host encodes (Sunshine's value; 0 would hide HEVC in moonlight-qt).
+const MAX_LUMA_PIXELS_HEVC: u64 = 1_869_449_984;
+/// SCM_H264 | SCM_HEVC: what lumen-encode produces today.
+pub const SERVER_CODEC_MODE_SUPPORT: u32 = 0x1 | 0x100;
+/// The one app: the desktop (moonlight-python picks apps by name and defaults to "Desktop").
+pub const DESKTOP_ID: u32 = 1;
+const DESKTOP_TITLE: &str = "Desktop";
+/// The box art of every app.
+const BOX_ART: &[u8] = include_bytes!("../../assets/box-art.png");
+/// Stage 1 waits for `lumen-broker pair PIN` (the broker gives up after 60 s).
+const PIN_STAGE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Any other broker request.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+const NOT_STREAMING: &str =
+    "streaming is not built into this lumen yet (RTSP and the media streams come in a later step)";
+
+/// Which listener a request came in on, and for HTTPS who the client is.
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    Http,
+    /// SHA-256 of the client certificate's DER, if it sent one.
+    Https {
+        client: Option<[u8; 32]>,
+    },
+}
+
+/// Where the connection arrived (for `LocalIP`).
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    pub transport: Transport,
+    pub local: Option<SocketAddr>,
+}
+
+/// A reply before it becomes an HTTP response.
+pub enum Reply {
+    Xml(Xml),
+    /// An unknown path over plain HTTP: Sunshine's 404 handler is the one place with a non-200
+    /// HTTP status.
+    NotFound,
+    Png(&'static [u8]),
+}
+
+/// hyper's entry point: never fails, never panics on a request.
+pub async fn serve(
+    host: Arc<Host>,
+    conn: Conn,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = route(
+        &host,
+        conn,
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    )
+    .await;
+    Ok(response(reply))
+}
+
+fn response(reply: Reply) -> Response<Full<Bytes>> {
+    let (status, body, kind) = match reply {
+        Reply::Xml(xml) => (StatusCode::OK, xml.render().into_bytes(), "application/xml"),
+        Reply::NotFound => (
+            StatusCode::NOT_FOUND,
+            Xml::error(404, "not found").render().into_bytes(),
+            "application/xml",
+        ),
+        Reply::Png(png) => (StatusCode::OK, png.to_vec(), "image/png"),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    response
+}
+
+/// Decides the reply to one request.
+pub async fn route(
+    host: &Host,
+    conn: Conn,
+    method: &Method,
+    path: &str,
+    raw_query: Option<&str>,
+) -> Reply {
+    if let Transport::Https { client } = conn.transport {
+        if !client.is_some_and(|sha| host.is_paired(&sha)) {
+            return Reply::Xml(Xml::error(
+                401,
+                "The client is not authorized. Certificate verification failed.",
+            ));
+        }
+    }
+    if method != Method::GET {
+        return Reply::Xml(Xml::error(400, "only GET requests are served"));
+    }
+    let query = match Query::parse(raw_query) {
+        Ok(query) => query,
+        Err(e) => return Reply::Xml(Xml::error(400, &e.to_string())),
+    };
+    let https = matches!(conn.transport, Transport::Https { .. });
+    let xml = match (path, https) {
+        ("/serverinfo", _) => serverinfo(host, conn),
+        ("/pair", _) => pair(host, &query, https).await,
+        ("/unpair", _) => unpair(host, &query).await,
+        ("/applist", true) => applist(),
+        ("/appasset", true) => return appasset(&query),
+        ("/launch" | "/resume" | "/cancel", true) => Xml::error(503, NOT_STREAMING),
+        (_, false) => return Reply::NotFound,
+        (_, true) => Xml::error(404, "not found"),
+    };
+    Reply::Xml(xml)
+}
+
+fn serverinfo(host: &Host, conn: Conn) -> Xml {
+    let Some(identity) = host.identity() else {
+        return Xml::error(
+            503,
+            "the host identity has not arrived from lumen-broker yet",
+        );
+    };
+    let paired = matches!(conn.transport, Transport::Https { client: Some(_) });
+    // Moonlight ignores 127.x; Sunshine reports 127.0.0.1 to IPv6 requests too.
+    let local_ip = match conn.local {
+        Some(SocketAddr::V4(addr)) => addr.ip().to_string(),
+        _ => "127.0.0.1".to_string(),
+    };
+    Xml::ok()
+        .field("hostname", &host.hostname)
+        .field("appversion", APP_VERSION)
+        .field("GfeVersion", GFE_VERSION)
+        .field("uniqueid", &identity.uniqueid)
+        .field("HttpsPort", host.https_port)
+        .field("ExternalPort", host.http_port)
+        .field("MaxLumaPixelsHEVC", MAX_LUMA_PIXELS_HEVC)
+        // lumen-net cannot read interface addresses; the all-zero MAC means "unknown" (no WoL).
+        .field("mac", "00:00:00:00:00:00")
+        .field("LocalIP", local_ip)
+        .field("ServerCodecModeSupport", SERVER_CODEC_MODE_SUPPORT)
+        .field("PairStatus", u8::from(paired))
+        .field("currentgame", 0)
+        .field("state", "SUNSHINE_SERVER_FREE")
+}
+
+async fn pair(host: &Host, query: &Query, https: bool) -> Xml {
+    let (uniqueid, stage) = match pairing::parse(query) {
+        // Stage 5 reaches here only through the 401 check: the certificate is paired.
+        Ok(PairRequest::Challenge) => return Xml::ok().field("paired", u8::from(https)),
+        Ok(PairRequest::Stage { uniqueid, stage }) => (uniqueid, stage),
+        Err(xml) => return xml,
+    };
+    let timeout = if matches!(stage, PairStage::GetServerCert { .. }) {
+        PIN_STAGE_TIMEOUT
+    } else {
+        BROKER_TIMEOUT
+    };
+    broker_pair(host, uniqueid, stage, timeout).await
+}
+
+async fn unpair(host: &Host, query: &Query) -> Xml {
+    // Clients call /unpair when pairing failed on their side (a wrong PIN): the broker ends that
+    // attempt. Paired clients are forgotten only by `lumen-broker unpair`, never from the LAN.
+    match pairing::uniqueid(query) {
+        Ok(uniqueid) => broker_pair(host, uniqueid, PairStage::Abort, BROKER_TIMEOUT).await,
+        Err(_) => Xml::ok(),
+    }
+}
+
+async fn broker_pair(host: &Host, uniqueid: String, stage: PairStage, timeout: Duration) -> Xml {
+    let request = NetRequest::Pair {
+        client_uniqueid: uniqueid,
+        stage,
+    };
+    match host.link.request(request, timeout).await {
+        Ok(NetReply::Pair(reply)) => {
+            if let lumen_ipc::net_msg::PairReply::Failed(why) = &reply {
+                eprintln!("lumen-net: pairing: {why}");
+            }
+            pairing::reply_xml(&reply)
+        }
+        Ok(NetReply::Refused(why)) => {
+            eprintln!("lumen-net: the broker refused a pairing request: {why}");
+            Xml::error(400, "pairing request refused")
+        }
+        Ok(other) => {
+            eprintln!("lumen-net: the broker answered a pairing request with {other:?}");
+            Xml::error(500, "unexpected answer from the host")
+        }
+        Err(e) => {
+            eprintln!("lumen-net: pairing: {e}");
+            Xml::error(503, "the host did not answer")
+        }
+    }
+}
+
+fn applist() -> Xml {
+    Xml::ok().element(
+        "App",
+        &[
+            ("IsHdrSupported", "0".into()),
+            ("AppTitle", DESKTOP_TITLE.into()),
+            ("ID", DESKTOP_ID.to_string()),
+        ],
+    )
+}
+
+fn appasset(query: &Query) -> Reply {
+    match query.get("appid").map(str::parse::<u32>) {
+        Some(Ok(DESKTOP_ID)) => Reply::Png(BOX_ART),
+        Some(Ok(_)) => Reply::Xml(Xml::error(404, "no such app")),
+        _ => Reply::Xml(Xml::error(400, "missing or malformed appid")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker_link::BrokerLink;
+    use lumen_ipc::msg::WorkerMsg;
+    use lumen_ipc::net_msg::{NetIdentity, PairReply};
+
+    const PAIRED: [u8; 32] = [7; 32];
+
+    /// A host whose "broker" answers every pairing stage with `answer`.
+    fn host(answer: PairReply) -> Arc<Host> {
+        let link_slot: Arc<std::sync::Mutex<Option<Arc<BrokerLink>>>> = Default::default();
+        let link = BrokerLink::with_sender({
+            let link_slot = link_slot.clone();
+            move |msg| {
+                let WorkerMsg::NetRequest { id, .. } = msg else {
+                    return Err("not a request".into());
+                };
+                let link = link_slot.lock().unwrap().clone().unwrap();
+                let answer = answer.clone();
+                std::thread::spawn(move || link.complete(id, NetReply::Pair(answer)));
+                Ok(())
+            }
+        });
+        *link_slot.lock().unwrap() = Some(link.clone());
+        let host = Host::new(link, "box".into(), 47989, 47984);
+        host.set_identity(&NetIdentity {
+            uniqueid: "00112233AABBCCDD".into(),
+            cert_pem: pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3])),
+            paired_sha256: vec![PAIRED],
+        })
+        .unwrap();
+        Arc::new(host)
+    }
+
+    fn http() -> Conn {
+        Conn {
+            transport: Transport::Http,
+            local: Some("192.168.1.5:47989".parse().unwrap()),
+        }
+    }
+
+    fn https(client: Option<[u8; 32]>) -> Conn {
+        Conn {
+            transport: Transport::Https { client },
+            local: None,
+        }
+    }
+
+    async fn xml(host: &Host, conn: Conn, path: &str, query: &str) -> String {
+        match route(host, conn, &Method::GET, path, Some(query)).await {
+            Reply::Xml(xml) => xml.render(),
+            Reply::NotFound => "404".into(),
+            Reply::Png(_) => "png".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn serverinfo_has_every_field_moonlight_reads() {
+        let host = host(PairReply::Paired);
+        let info = xml(
+            &host,
+            http(),
+            "/serverinfo",
+            "uniqueid=0123456789ABCDEF&uuid=1&&corever=1",
+        )
+        .await;
+        for field in [
+            "<hostname>box</hostname>",
+            "<appversion>7.1.431.-1</appversion>",
+            "<GfeVersion>3.23.0.74</GfeVersion>",
+            "<uniqueid>00112233AABBCCDD</uniqueid>",
+            "<HttpsPort>47984</HttpsPort>",
+            "<ExternalPort>47989</ExternalPort>",
+            "<MaxLumaPixelsHEVC>1869449984</MaxLumaPixelsHEVC>",
+            "<mac>00:00:00:00:00:00</mac>",
+            "<LocalIP>192.168.1.5</LocalIP>",
+            "<ServerCodecModeSupport>257</ServerCodecModeSupport>",
+            "<PairStatus>0</PairStatus>",
+            "<currentgame>0</currentgame>",
+            "<state>SUNSHINE_SERVER_FREE</state>",
+        ] {
+            assert!(info.contains(field), "{field} missing from {info}");
+        }
+        assert!(info.contains("status_code=\"200\""));
+        let paired = xml(&host, https(Some(PAIRED)), "/serverinfo", "").await;
+        assert!(paired.contains("<PairStatus>1</PairStatus>"), "{paired}");
+        assert!(paired.contains("<LocalIP>127.0.0.1</LocalIP>"), "{paired}");
+    }
+
+    #[tokio::test]
+    async fn unpaired_certificates_get_401_everywhere_over_https() {
+        let host = host(PairReply::Paired);
+        for path in [
+            "/serverinfo",
+            "/applist",
+            "/appasset",
+            "/launch",
+            "/resume",
+            "/cancel",
+            "/pair",
+            "/unpair",
+            "/nonsense",
+        ] {
+            for client in [None, Some([8; 32])] {
+                let reply = xml(&host, https(client), path, "phrase=pairchallenge&appid=1").await;
+                assert!(reply.contains("status_code=\"401\""), "{path}: {reply}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn paired_clients_get_apps_box_art_and_stage_5() {
+        let host = host(PairReply::Paired);
+        let apps = xml(&host, https(Some(PAIRED)), "/applist", "uniqueid=x").await;
+        assert!(
+            apps.contains("<App><IsHdrSupported>0</IsHdrSupported><AppTitle>Desktop</AppTitle><ID>1</ID></App>"),
+            "{apps}"
+        );
+        assert_eq!(
+            xml(
+                &host,
+                https(Some(PAIRED)),
+                "/appasset",
+                "appid=1&AssetType=2&AssetIdx=0"
+            )
+            .await,
+            "png"
+        );
+        assert!(BOX_ART.starts_with(b"\x89PNG\r\n\x1a\n"));
+        assert!(xml(&host, https(Some(PAIRED)), "/appasset", "appid=2")
+            .await
+            .contains("\"404\""));
+        assert!(xml(&host, https(Some(PAIRED)), "/appasset", "appid=x")
+            .await
+            .contains("\"400\""));
+        let stage5 = xml(
+            &host,
+            https(Some(PAIRED)),
+            "/pair",
+            "uniqueid=a&phrase=pairchallenge",
+        )
+        .await;
+        assert!(stage5.contains("<paired>1</paired>"), "{stage5}");
+        // Over plain HTTP stage 5 proves nothing.
+        let plain = xml(&host, http(), "/pair", "uniqueid=a&phrase=pairchallenge").await;
+        assert!(plain.contains("<paired>0</paired>"), "{plain}");
+        for path in ["/launch", "/resume", "/cancel"] {
+            let reply = xml(&host, https(Some(PAIRED)), path, "appid=1").await;
+            assert!(
+                reply.contains("status_code=\"503\"") && reply.contains("streaming is not built"),
+                "{reply}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn http_serves_pairing_only_and_refuses_malformed_requests() {
+        let host = host(PairReply::ChallengeResponse(vec![0xab; 48]));
+        let stage2 = xml(
+            &host,
+            http(),
+            "/pair",
+            &format!("uniqueid=a&clientchallenge={}", "00".repeat(16)),
+        )
+        .await;
+        assert!(
+            stage2.contains(&format!(
+                "<challengeresponse>{}</challengeresponse>",
+                "ab".repeat(48)
+            )),
+            "{stage2}"
+        );
+        assert_eq!(xml(&host, http(), "/applist", "").await, "404");
+        assert_eq!(xml(&host, http(), "/launch", "").await, "404");
+        assert!(
+            xml(&host, http(), "/pair", "uniqueid=a&clientchallenge=%zz")
+                .await
+                .contains("\"400\"")
+        );
+        assert!(xml(&host, http(), "/pair", "clientchallenge=00")
+            .await
+            .contains("\"400\""));
+        let post = route(&host, http(), &Method::POST, "/serverinfo", None).await;
+        assert!(matches!(post, Reply::Xml(ref x) if x.status() == 400));
+        let unpair = xml(&host, http(), "/unpair", "uniqueid=a").await;
+        assert!(unpair.contains("status_code=\"200\""), "{unpair}");
+    }
+}
