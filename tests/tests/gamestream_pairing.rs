@@ -1,0 +1,236 @@
+//! Issue 4's first slice, end to end with a stock Moonlight client: moonlight-python 0.3.0 (a
+//! subprocess driven by tests/python/pair_and_applist.py) pairs with the real broker and its
+//! sandboxed lumen-net using the PIN given to `lumen-broker pair 1234`, then lists the apps over
+//! mutual TLS. A second identity that never paired, a client with the wrong PIN and a client
+//! removed with `lumen-broker unpair` all get the XML 401 over HTTPS.
+//!
+//! The client lives in a virtual environment made by tests/python/setup-venv.sh (at
+//! `$LUMEN_TEST_VENV`, else target/lumen-test-venv); the first run needs the package index.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use lumen_tests::{worker, Broker, ScratchDir};
+use serde_json::Value;
+
+const PIN: &str = "1234";
+const WRONG_PIN: &str = "9999";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The venv's python, made (or reused) by setup-venv.sh.
+fn python() -> Result<PathBuf> {
+    let script = repo_root().join("tests/python/setup-venv.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}): moonlight-python 0.3.0 is needed for this test",
+        script.display(),
+        out.status
+    );
+    let venv = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::trim)
+        .unwrap_or("")
+        .to_string();
+    let python = Path::new(&venv).join("bin/python");
+    ensure!(
+        python.is_file(),
+        "setup-venv.sh printed {venv:?}, which has no bin/python"
+    );
+    Ok(python)
+}
+
+/// One step of the Python driver, started (not yet waited for).
+fn start_client(python: &Path, args: &[&str]) -> Result<Child> {
+    Command::new(python)
+        .arg(repo_root().join("tests/python/pair_and_applist.py"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the Moonlight client")
+}
+
+/// Waits for a client step and returns the JSON of its last stdout line.
+fn finish_client(mut child: Child, timeout: Duration, what: &str) -> Result<Value> {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what}: the Moonlight client did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout)?;
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut stderr)?;
+    }
+    ensure!(
+        status.success(),
+        "{what}: the Moonlight client failed ({status}); stdout: {stdout}; stderr: {stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last)
+        .with_context(|| format!("{what}: client output is not JSON: {stdout}; stderr: {stderr}"))
+}
+
+fn run_client(python: &Path, args: &[&str], what: &str) -> Result<Value> {
+    finish_client(start_client(python, args)?, Duration::from_secs(60), what)
+}
+
+/// Pairs the identity in `dir` with `client_pin` while `lumen-broker pair PIN` runs; returns
+/// what the client and the CLI said.
+fn pair(
+    broker: &Broker,
+    python: &Path,
+    port: &str,
+    dir: &str,
+    client_pin: &str,
+) -> Result<(Value, std::process::Output)> {
+    let client = start_client(python, &["pair", "127.0.0.1", port, dir, client_pin])?;
+    let cli = broker.cli(&["pair", PIN]);
+    let client = finish_client(client, Duration::from_secs(150), "pair")?;
+    Ok((client, cli?))
+}
+
+fn applist(python: &Path, port: &str, dir: &str) -> Result<Value> {
+    run_client(python, &["applist", "127.0.0.1", port, dir], "applist")
+}
+
+#[test]
+fn moonlight_pairs_with_a_pin_lists_apps_and_unpaired_clients_get_401() -> Result<()> {
+    let python = python()?;
+    let broker = Broker::start("gamestream-pairing")?;
+    let port = broker.port_base.to_string();
+    let identities = ScratchDir::new("moonlight-identities")?;
+    let dir = |name: &str| identities.path().join(name).display().to_string();
+    let (paired_dir, stranger_dir, wrong_pin_dir) =
+        (dir("paired"), dir("stranger"), dir("wrong-pin"));
+
+    // 1. Pairing with the PIN given to `lumen-broker pair`.
+    let (client, cli) = pair(&broker, &python, &port, &paired_dir, PIN)?;
+    let cli_out = String::from_utf8_lossy(&cli.stdout);
+    ensure!(
+        cli.status.success() && cli_out.contains("paired"),
+        "lumen-broker pair: {cli_out} {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    ensure!(
+        client["paired"] == true,
+        "the client did not pair: {client}"
+    );
+    ensure!(
+        client["app_version"] == "7.1.431.-1" && client["codecs"] == 257,
+        "serverinfo as the client saw it: {client}"
+    );
+    ensure!(
+        client["https_port"].as_u64() == Some(u64::from(broker.port_base) - 5),
+        "HttpsPort: {client}"
+    );
+
+    // 2. The paired client lists the apps over mutual TLS and is reported paired there.
+    let apps = applist(&python, &port, &paired_dir)?;
+    ensure!(apps["status_code"] == 200, "paired applist: {apps}");
+    ensure!(
+        apps["https_pair_status"] == "1",
+        "PairStatus over HTTPS: {apps}"
+    );
+    ensure!(
+        apps["http_pair_status"] == false,
+        "PairStatus over HTTP: {apps}"
+    );
+    let desktop = apps["apps"]
+        .as_array()
+        .and_then(|list| list.iter().find(|app| app["name"] == "Desktop"))
+        .with_context(|| format!("no Desktop app: {apps}"))?;
+    ensure!(
+        desktop["id"].as_u64().unwrap_or(0) != 0,
+        "Desktop id: {apps}"
+    );
+
+    // 3. A fresh identity that never paired: 401 on the HTTPS endpoints.
+    let stranger = applist(&python, &port, &stranger_dir)?;
+    ensure!(
+        stranger["status_code"] == 401,
+        "unpaired applist: {stranger}"
+    );
+
+    // 4. A wrong PIN: the client says so, `pair` fails, the certificate is not trusted.
+    let (client, cli) = pair(&broker, &python, &port, &wrong_pin_dir, WRONG_PIN)?;
+    ensure!(
+        client["paired"] == false && client["error"] == "wrong_pin",
+        "wrong PIN, as the client saw it: {client}"
+    );
+    let cli_err = String::from_utf8_lossy(&cli.stderr);
+    ensure!(
+        !cli.status.success() && cli_err.contains("pairing failed"),
+        "lumen-broker pair with a wrong PIN: {cli_err}"
+    );
+    let refused = applist(&python, &port, &wrong_pin_dir)?;
+    ensure!(
+        refused["status_code"] == 401,
+        "wrong-PIN applist: {refused}"
+    );
+
+    // 5. `lumen-broker unpair`: the client is refused from then on.
+    let out = broker.cli(&["clients", "--json"])?;
+    let clients: Value = serde_json::from_slice(&out.stdout).context("clients --json")?;
+    let listed = clients.as_array().context("clients --json is not a list")?;
+    ensure!(listed.len() == 1, "exactly one paired client: {clients}");
+    let sha = run_client(&python, &["cert_sha256", &paired_dir], "cert_sha256")?;
+    ensure!(
+        listed[0]["cert_sha256"] == sha["sha256"],
+        "the stored certificate is the client's: {clients} vs {sha}"
+    );
+    let id = listed[0]["id"].as_str().context("client id")?;
+    let out = broker.cli(&["unpair", id])?;
+    ensure!(
+        out.status.success(),
+        "unpair: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The broker pushes the new pinned set to lumen-net; give it a moment.
+    let start = Instant::now();
+    loop {
+        let after = applist(&python, &port, &paired_dir)?;
+        if after["status_code"] == 401 {
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(5),
+            "an unpaired client is still served: {after}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // lumen-net served all of it under its seccomp filter without being restarted.
+    let status = broker.status()?;
+    let net = worker(&status, "Net").context("no Net worker")?;
+    ensure!(
+        net["state"] == "running" && net["restarts"].as_u64() == Some(0),
+        "lumen-net: {net}"
+    );
+    Ok(())
+}
