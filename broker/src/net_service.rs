@@ -22,7 +22,7 @@ use crate::pairing::{Outcome, Paired, PairingSlot};
 use crate::state::clients::ClientStore;
 use crate::state::identity::Identity;
 use host_key::HostKey;
-use pair_crypto::{Attempt, ClientCert};
+use pair_crypto::{Attempt, ClientCert, PairError};
 
 /// How many pairing attempts (stage 1 requests) may start in [`ATTEMPT_WINDOW`].
 pub const MAX_ATTEMPTS_PER_MINUTE: usize = 5;
@@ -80,6 +80,15 @@ impl Live {
         tracing::warn!("pairing failed: {why}");
         let _ = self.outcome.send(Err(why.clone()));
         PairReply::Failed(why)
+    }
+
+    /// Ends the attempt over a `PairError`: an out-of-order stage is answered as one.
+    fn fail_with(self, error: PairError) -> PairReply {
+        let out_of_order = matches!(error, PairError::OutOfOrder { .. });
+        match self.fail(error.to_string()) {
+            PairReply::Failed(why) if out_of_order => PairReply::OutOfOrder(why),
+            reply => reply,
+        }
     }
 }
 
@@ -281,7 +290,7 @@ impl NetService {
     fn next_stage(&self, uniqueid: &str, stage: PairStage, now: Instant) -> PairReply {
         let mut attempts = self.attempts();
         let Some(mut live) = attempts.live.remove(uniqueid) else {
-            return PairReply::Failed("no pairing of this client is in progress".into());
+            return PairReply::OutOfOrder("no pairing of this client is in progress".into());
         };
         live.last_stage = now;
         let result = match stage {
@@ -311,7 +320,10 @@ impl NetService {
                 }
             }
             PairStage::GetServerCert { .. } | PairStage::Abort => {
-                return live.fail("unexpected pairing stage".into());
+                return live.fail_with(PairError::OutOfOrder {
+                    got: 1,
+                    expected: 2,
+                });
             }
         };
         match result {
@@ -319,7 +331,7 @@ impl NetService {
                 attempts.live.insert(uniqueid.to_string(), live);
                 reply
             }
-            Err(e) => live.fail(e.to_string()),
+            Err(e) => live.fail_with(e),
         }
     }
 
@@ -476,7 +488,7 @@ mod tests {
                 PairStage::ClientChallenge { challenge: [0; 16] }
             )
             .await,
-            PairReply::Failed(_)
+            PairReply::OutOfOrder(_)
         ));
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -505,7 +517,7 @@ mod tests {
         )
         .await;
         assert!(
-            matches!(reply, PairReply::Failed(ref why) if why.contains("stage 3")),
+            matches!(reply, PairReply::OutOfOrder(ref why) if why.contains("stage 3")),
             "{reply:?}"
         );
         assert!(offer.await.unwrap().is_err());

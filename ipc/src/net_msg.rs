@@ -78,6 +78,9 @@ pub enum PairReply {
     Aborted,
     /// The stage failed and the attempt is over (`<paired>0</paired>`); why, for logs.
     Failed(String),
+    /// A stage with no attempt in progress, or not the one due: the attempt (if any) is over.
+    /// Answered like Sunshine: `status_code="400"` with `<paired>0</paired>`.
+    OutOfOrder(String),
 }
 
 /// The broker's answer to a [`NetRequest`].

@@ -6,6 +6,8 @@
 mod pairing;
 mod query;
 pub mod server;
+#[cfg(test)]
+mod tests;
 mod tls;
 mod xml;
 

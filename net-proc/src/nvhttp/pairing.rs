@@ -116,6 +116,9 @@ pub fn reply_xml(reply: &PairReply) -> Xml {
         PairReply::Paired => Xml::ok().field("paired", 1),
         PairReply::Aborted => Xml::ok(),
         PairReply::Failed(_) => Xml::ok().field("paired", 0),
+        PairReply::OutOfOrder(_) => {
+            Xml::error(400, "out of order pairing request").field("paired", 0)
+        }
     }
 }
 
@@ -229,6 +232,11 @@ mod tests {
         assert!(
             !xml.contains("wrong PIN"),
             "the reason stays in the logs: {xml}"
+        );
+        let xml = reply_xml(&PairReply::OutOfOrder("stage 3 while 2 was due".into())).render();
+        assert!(
+            xml.contains("status_code=\"400\"") && xml.contains("<paired>0</paired>"),
+            "{xml}"
         );
         let xml = reply_xml(&PairReply::PairingSecret(vec![1, 2])).render();
         assert!(xml.contains("<pairingsecret>0102</pairingsecret>"), "{xml}");

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use lumen_ipc::net_msg::{NetReply, NetRequest, PairStage};
+use lumen_ipc::net_msg::{NetReply, NetRequest, PairReply, PairStage};
 
 use super::pairing::{self, PairRequest};
 use super::query::Query;
@@ -200,7 +200,7 @@ async fn broker_pair(host: &Host, uniqueid: String, stage: PairStage, timeout: D
     };
     match host.link.request(request, timeout).await {
         Ok(NetReply::Pair(reply)) => {
-            if let lumen_ipc::net_msg::PairReply::Failed(why) = &reply {
+            if let PairReply::Failed(why) | PairReply::OutOfOrder(why) = &reply {
                 eprintln!("lumen-net: pairing: {why}");
             }
             pairing::reply_xml(&reply)
@@ -244,7 +244,7 @@ mod tests {
     use super::*;
     use crate::broker_link::BrokerLink;
     use lumen_ipc::msg::WorkerMsg;
-    use lumen_ipc::net_msg::{NetIdentity, PairReply};
+    use lumen_ipc::net_msg::NetIdentity;
 
     const PAIRED: [u8; 32] = [7; 32];
 
