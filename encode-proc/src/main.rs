@@ -18,6 +18,11 @@ use ffmpeg_next as ffmpeg;
 /// opening each once (x264/x265/SVT-AV1 read CPU and NUMA details from /proc and /sys while they
 /// can, NVENC would load libcuda), and run Opus and swscale once each.
 fn prepare() -> Result<video::Probe, String> {
+    // SVT-AV1 logs its configuration at info level on every open; errors only (it reads this
+    // when an encoder is created; prepare still runs single-threaded).
+    if std::env::var_os("SVT_LOG").is_none() {
+        std::env::set_var("SVT_LOG", "1");
+    }
     ffmpeg::init().map_err(|e| format!("FFmpeg: {e}"))?;
     ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
     let probe = video::Probe::run();

@@ -3,8 +3,9 @@
 //! request, parameter sets in front of every IDR, CBR with a VBV of about one frame.
 //!
 //! Both x264 and x265 run with `tune=zerolatency` (no lookahead, no frame threads), so every frame
-//! sent comes back as one access unit before the next is sent; the caller still matches packets to
-//! frames by pts, so an encoder that holds frames back stays correct.
+//! sent comes back as one access unit before the next is sent. SVT-AV1 (1.4, low-delay CBR) hands
+//! each frame's temporal unit out two frames later, and cannot force a key frame in that mode: an
+//! IDR request reopens it. The caller matches packets to frames by pts.
 
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::{codec, encoder, format::Pixel, frame, picture, Dictionary, Packet};
@@ -73,6 +74,11 @@ impl Backend {
         }
     }
 
+    /// Whether a frame marked I comes out as a key frame (else an IDR request reopens).
+    fn forces_key_frames(self) -> bool {
+        self != Backend::SvtAv1
+    }
+
     /// Whether a bitrate change can be applied to the open encoder (else it is reopened, which
     /// starts with an IDR).
     fn reconfigures_bitrate(self) -> bool {
@@ -119,6 +125,8 @@ pub struct VideoEncoder {
     enc: encoder::video::Encoder,
     packet: Packet,
     next_pts: i64,
+    /// Frames sent to this encoder since it was opened.
+    sent: u64,
 }
 
 fn ff(encoder: &'static str, what: &'static str) -> impl FnOnce(ffmpeg::Error) -> VideoError {
@@ -157,8 +165,7 @@ fn options(backend: Backend, threads: usize) -> Dictionary<'static> {
                 "x265-params",
                 &format!(
                     // keyint=-1: one IDR at the start, more only on request; info=0: no version SEI;
-                    // pools/frame-threads: stay inside the worker's thread budget; numa-pools spells
-                    // the same pool without asking libnuma about nodes.
+                    // pools/frame-threads: stay inside the worker's thread budget.
                     "keyint=-1:scenecut=0:bframes=0:ref=1:repeat-headers=1:annexb=1:aud=0:\
                      info=0:hash=0:open-gop=0:frame-threads=1:pools={threads}:log-level=error"
                 ),
@@ -170,7 +177,11 @@ fn options(backend: Backend, threads: usize) -> Dictionary<'static> {
             // Low-delay prediction (no reordering) and CBR, which SVT-AV1 only offers low-delay.
             opts.set(
                 "svtav1-params",
-                &format!("pred-struct=1:rc=2:lp={threads}:keyint=-1:scd=0"),
+                // lp=1: SVT-AV1 sizes its thread pools from this (lp=2 starts ~130 threads on two
+                // cores, lp=1 about 16), and the worker may run 32. keyint=0: no periodic key
+                // frames. SVT-AV1 1.4 honours a forced key frame only in random-access CRF/CQP, so
+                // an IDR on request reopens the encoder instead.
+                "pred-struct=1:rc=2:lp=1:keyint=0:scd=0:lookahead=0",
             );
         }
         Backend::Nvenc(_) => {
@@ -212,7 +223,7 @@ impl VideoEncoder {
             count: threads,
             safe: false,
         });
-        apply_bitrate(&mut video, config);
+        apply_bitrate(&mut video, backend, config);
         let enc = video
             .open_with(options(backend, threads))
             .map_err(ff(name, "opening the encoder"))?;
@@ -222,6 +233,7 @@ impl VideoEncoder {
             enc,
             packet: Packet::empty(),
             next_pts: 0,
+            sent: 0,
         })
     }
 
@@ -245,6 +257,10 @@ impl VideoEncoder {
         frame: &mut frame::Video,
         idr: bool,
     ) -> Result<(i64, Vec<EncodedAu>), VideoError> {
+        // A fresh encoder's first frame is a key frame anyway.
+        if idr && self.sent > 0 && !self.backend.forces_key_frames() {
+            self.reopen(self.config)?;
+        }
         let name = self.backend.name();
         let pts = self.next_pts;
         self.next_pts += 1;
@@ -259,6 +275,7 @@ impl VideoEncoder {
         self.enc
             .send_frame(frame)
             .map_err(ff(name, "sending a frame"))?;
+        self.sent += 1;
         let mut out = Vec::new();
         loop {
             match self.enc.receive_packet(&mut self.packet) {
@@ -294,27 +311,49 @@ impl VideoEncoder {
             ..self.config
         };
         if self.backend.reconfigures_bitrate() {
-            apply_bitrate(&mut self.enc, config);
+            apply_bitrate(&mut self.enc, self.backend, config);
             self.config = config;
             return Ok(false);
         }
+        self.reopen(config)?;
+        Ok(true)
+    }
+
+    /// A fresh encoder (its first frame is a key frame) that carries on the pts sequence. Frames
+    /// the old one still held (SVT-AV1 keeps two) are lost; their ring records never appear.
+    fn reopen(&mut self, config: VideoConfig) -> Result<(), VideoError> {
         let next_pts = self.next_pts;
+        // SVT-AV1 wants the end of stream before it is torn down (it can hang in deinit with
+        // frames in flight, and waits forever for the end of a stream it got no frame of); what it
+        // hands out now is dropped with the old stream.
+        if self.sent > 0 && self.enc.send_eof().is_ok() {
+            while self.enc.receive_packet(&mut self.packet).is_ok() {}
+        }
+        // The old encoder goes first: two SVT-AV1 instances side by side would pass the worker's
+        // thread cap (and SVT-AV1 hangs when it cannot start its threads).
+        let closed = codec::context::Context::new()
+            .encoder()
+            .video()
+            .map_err(ff(self.backend.name(), "closing the encoder"))?;
+        self.enc = encoder::video::Encoder(closed);
         *self = Self::open(self.backend, config)?;
         self.next_pts = next_pts;
-        Ok(true)
+        Ok(())
     }
 }
 
 /// CBR at `config.bitrate_kbps` with a VBV of one frame (bitrate / fps), as low-latency streaming
 /// wants: no frame may take much longer than a frame interval to send.
-fn apply_bitrate(ctx: &mut codec::context::Context, config: VideoConfig) {
+fn apply_bitrate(ctx: &mut codec::context::Context, backend: Backend, config: VideoConfig) {
     let bits = i64::from(config.bitrate_kbps) * 1000;
+    // SVT-AV1's CBR refuses a maximum equal to the target; its buffer settings do the capping.
+    let max = if backend == Backend::SvtAv1 { 0 } else { bits };
     // SAFETY: `ctx` wraps a valid AVCodecContext; these are plain integer fields the wrapper reads
     // (at open, and for x264 before every frame).
     unsafe {
         let raw = ctx.as_mut_ptr();
         (*raw).bit_rate = bits;
-        (*raw).rc_max_rate = bits;
+        (*raw).rc_max_rate = max;
         (*raw).rc_min_rate = 0;
         (*raw).rc_buffer_size =
             (bits / i64::from(config.fps.max(1))).clamp(1, i64::from(i32::MAX)) as i32;
@@ -386,5 +425,62 @@ pub fn blank(frame: &mut frame::Video) {
     for plane in 0..frame.planes() {
         let value = if plane == 0 { 16 } else { 128 };
         frame.data_mut(plane).fill(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VideoConfig {
+        VideoConfig {
+            width: 320,
+            height: 180,
+            fps: 30,
+            bitrate_kbps: 800,
+        }
+    }
+
+    /// x264 and x265 hand every frame out as its own access unit before the next goes in; SVT-AV1
+    /// a few frames later. A requested IDR lands on the frame that asked for it.
+    #[test]
+    fn access_units_follow_frames_and_idr_requests() {
+        ffmpeg::init().unwrap();
+        for (backend, delay) in [(Backend::X264, 0), (Backend::X265, 0), (Backend::SvtAv1, 2)] {
+            let mut enc = match VideoEncoder::open(backend, config()) {
+                Ok(enc) => enc,
+                Err(e) => panic!("{}: {e}", backend.name()),
+            };
+            let mut frame = enc.new_frame();
+            let mut out = Vec::new();
+            for n in 0..12i64 {
+                for plane in 0..frame.planes() {
+                    frame.data_mut(plane).fill((n as u8).wrapping_mul(29));
+                }
+                let (pts, aus) = enc.encode(&mut frame, n == 0 || n == 6).unwrap();
+                assert_eq!(pts, n);
+                out.extend(aus.iter().map(|au| (n, au.pts, au.keyframe)));
+            }
+            let name = backend.name();
+            if delay == 0 {
+                let expected: Vec<(i64, i64, bool)> =
+                    (0..12).map(|n| (n, n, n == 0 || n == 6)).collect();
+                assert_eq!(out, expected, "{name}");
+                continue;
+            }
+            // SVT-AV1's delay depends on its threads (two or three frames here); the frames it held
+            // when the IDR reopened it are gone.
+            assert!(out.windows(2).all(|w| w[0].1 < w[1].1), "{name}: {out:?}");
+            assert!(
+                out.iter().all(|&(n, pts, _)| n - pts <= 4),
+                "{name}: {out:?}"
+            );
+            assert!(
+                out.iter()
+                    .all(|&(_, pts, key)| key == (pts == 0 || pts == 6)),
+                "{out:?}"
+            );
+            assert!(out.iter().any(|&(_, pts, _)| pts == 6), "{name}: {out:?}");
+        }
     }
 }
