@@ -434,7 +434,14 @@ const ATTEMPTS: &[Attempt] = &[
         name: "memfd_create",
         expect_allowed: false,
         beneath_seccomp: false,
-        applies: always,
+        // lumen-capture's PipeWire client makes its own buffer-pool memfds (anonymous memory,
+        // no path, sized within its RLIMIT_FSIZE); every other worker may not.
+        applies: |policy| {
+            !policy
+                .syscalls
+                .iter()
+                .any(|r| r.nr == libc::SYS_memfd_create)
+        },
         // SAFETY: memfd_create(2) with a constant name.
         run: |_| outcome(unsafe { libc::memfd_create(c"x".as_ptr(), libc::MFD_CLOEXEC) }.into()),
     },
