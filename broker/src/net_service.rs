@@ -337,6 +337,11 @@ impl NetService {
 
     /// The client proved the PIN and its key: remember its certificate.
     fn store(&self, live: Live) -> PairReply {
+        // The user's consent is the running `pair`: once it gave up (timed out, interrupted),
+        // nobody is there to be told, so the client is not trusted either.
+        if live.outcome.is_closed() {
+            return live.fail("`lumen-broker pair` stopped waiting before pairing finished".into());
+        }
         let paired_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -462,6 +467,47 @@ mod tests {
         let der = pem::parse(&client.cert_pem).unwrap().contents().to_vec();
         let want: [u8; 32] = Sha256::digest(&der).into();
         assert_eq!(service.identity().paired_sha256, vec![want]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pair_command_that_gave_up_pairs_nobody() {
+        let (service, slot, dir) = service();
+        let client = TestClient::new("1234");
+        let offer = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.offer(Pin::parse("1234").unwrap()).await }
+        });
+        let reply = stage(&service, "abc", stage1(&client)).await;
+        assert!(matches!(reply, PairReply::ServerCert { .. }), "{reply:?}");
+        let PairReply::ChallengeResponse(reply2) = stage(
+            &service,
+            "abc",
+            PairStage::ClientChallenge {
+                challenge: client.stage2_input(),
+            },
+        )
+        .await
+        else {
+            panic!("stage 2");
+        };
+        let (response, _) = client.stage3_input(&reply2);
+        stage(&service, "abc", PairStage::ServerChallengeResp { response }).await;
+        // The user interrupts `pair` before the client's last stage.
+        offer.abort();
+        let _ = offer.await;
+        let (secret, signature) = client.stage4_input();
+        let reply = stage(
+            &service,
+            "abc",
+            PairStage::ClientPairingSecret { secret, signature },
+        )
+        .await;
+        assert!(
+            matches!(reply, PairReply::Failed(ref why) if why.contains("stopped waiting")),
+            "{reply:?}"
+        );
+        assert!(service.identity().paired_sha256.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -37,11 +37,26 @@ const MAX_CONNECTIONS: usize = 64;
 /// Longest request head (request line and headers) read.
 const MAX_HEAD_BYTES: usize = 32 * 1024;
 const MAX_HEADERS: usize = 32;
-/// A client must send a whole request head within this.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a connection lives (pairing stage 1 waits up to a minute for the PIN).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// How long slow clients are given.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A client must send a whole request head within this.
+    pub head_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// The longest a connection lives (pairing stage 1 waits up to a minute for the PIN).
+    pub connection_lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            head_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            connection_lifetime: Duration::from_secs(120),
+        }
+    }
+}
 
 /// The host's public identity as lumen-net serves it.
 pub struct HostIdentity {
@@ -146,6 +161,18 @@ impl Nvhttp {
         identity: &NetIdentity,
         hostname: String,
     ) -> Result<Nvhttp, String> {
+        Nvhttp::start_with_limits(http, https, link, identity, hostname, Limits::default())
+    }
+
+    /// [`start`](Self::start) with other time limits (tests).
+    pub fn start_with_limits(
+        http: OwnedFd,
+        https: OwnedFd,
+        link: Arc<BrokerLink>,
+        identity: &NetIdentity,
+        hostname: String,
+        limits: Limits,
+    ) -> Result<Nvhttp, String> {
         let (http, https) = (listener(http)?, listener(https)?);
         let host = Arc::new(Host::new(
             link.clone(),
@@ -169,11 +196,12 @@ impl Nvhttp {
                 TcpListener::from_std(https).map_err(|e| format!("HTTPS listener: {e}"))?,
             ))
         })?;
-        runtime.spawn(accept_loop(http, host.clone(), None));
+        runtime.spawn(accept_loop(http, host.clone(), None, limits));
         runtime.spawn(accept_loop(
             https,
             host.clone(),
             Some(TlsAcceptor::from(tls)),
+            limits,
         ));
         Ok(Nvhttp {
             runtime: Some(runtime),
@@ -182,7 +210,12 @@ impl Nvhttp {
     }
 }
 
-async fn accept_loop(listener: TcpListener, host: Arc<Host>, tls: Option<TlsAcceptor>) {
+async fn accept_loop(
+    listener: TcpListener,
+    host: Arc<Host>,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let name = if tls.is_some() { "HTTPS" } else { "HTTP" };
     loop {
@@ -202,7 +235,10 @@ async fn accept_loop(listener: TcpListener, host: Arc<Host>, tls: Option<TlsAcce
         let (host, tls) = (host.clone(), tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let served = tokio::time::timeout(CONNECTION_LIFETIME, connection(stream, host, tls));
+            let served = tokio::time::timeout(
+                limits.connection_lifetime,
+                connection(stream, host, tls, limits),
+            );
             if let Ok(Err(e)) = served.await {
                 eprintln!("lumen-net: {name} connection: {e}");
             }
@@ -214,13 +250,14 @@ async fn connection(
     stream: TcpStream,
     host: Arc<Host>,
     tls: Option<TlsAcceptor>,
+    limits: Limits,
 ) -> Result<(), String> {
     let local = stream.local_addr().ok();
     let _ = stream.set_nodelay(true);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(limits.head_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     match tls {
@@ -236,10 +273,11 @@ async fn connection(
                 .map_err(|e| e.to_string())
         }
         Some(acceptor) => {
-            let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                .await
-                .map_err(|_| "TLS handshake timed out".to_string())?
-                .map_err(|e| format!("TLS handshake: {e}"))?;
+            let stream =
+                tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
+                    .await
+                    .map_err(|_| "TLS handshake timed out".to_string())?
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
             let client = stream
                 .get_ref()
                 .1

@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 use sha2::{Digest, Sha256};
 
-use super::Nvhttp;
+use super::{Limits, Nvhttp};
 use crate::broker_link::BrokerLink;
 
 struct Identity {
@@ -89,10 +89,14 @@ struct Server {
 }
 
 fn server(paired: &[&Identity]) -> Server {
+    server_with(paired, Limits::default())
+}
+
+fn server_with(paired: &[&Identity], limits: Limits) -> Server {
     let host = identity("lumen test host");
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let https = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nvhttp = Nvhttp::start(
+    let nvhttp = Nvhttp::start_with_limits(
         http.into(),
         https.into(),
         signing_link(&host),
@@ -105,6 +109,7 @@ fn server(paired: &[&Identity]) -> Server {
                 .collect(),
         },
         "testbox".into(),
+        limits,
     )
     .unwrap();
     Server {
@@ -335,4 +340,31 @@ fn plain_http_serves_serverinfo_and_refuses_malformed_requests() {
         b"GET /serverinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+}
+
+#[test]
+fn slow_clients_are_cut_off() {
+    let limits = Limits {
+        head_timeout: Duration::from_millis(300),
+        tls_handshake_timeout: Duration::from_millis(300),
+        // Long: only the head and handshake limits may end these connections in time.
+        connection_lifetime: Duration::from_secs(30),
+    };
+    let server = server_with(&[], limits);
+    for port in [server.nvhttp.host.http_port, server.nvhttp.host.https_port] {
+        // Connects, then sends half a request head (or nothing of a TLS handshake) and waits.
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if port == server.nvhttp.host.http_port {
+            tcp.write_all(b"GET /serverinfo HTTP/1.1\r\nHost:").unwrap();
+        }
+        let start = std::time::Instant::now();
+        let reply = read_all(&mut tcp);
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "port {port}: the server held a silent client for {took:?}"
+        );
+        assert!(!reply.contains("status_code=\"200\""), "{reply}");
+    }
 }
