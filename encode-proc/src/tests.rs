@@ -756,3 +756,80 @@ fn opus_51_tone_round_trips() {
 fn opus_71_tone_round_trips() {
     opus_round_trip(AudioLayout::Surround71, 20);
 }
+
+/// Per-frame cost at 1080p (run with `cargo test --release -p lumen-encode cost_at_1080p --
+/// --ignored --nocapture`): conversion from capture's formats and encoding, per encoder.
+#[test]
+#[ignore]
+fn cost_at_1080p() {
+    use crate::scale::Converter;
+    use crate::video::{Backend, VideoConfig, VideoEncoder};
+    ffmpeg::init().unwrap();
+    let (w, h) = (1920u32, 1080u32);
+    let spec = FramePoolSpec {
+        slots: 2,
+        slot_bytes: round_slot_bytes(u64::from(w * h * 4)),
+    };
+    let mut pool = FramePool::map(create_pool("bench", &spec).unwrap(), spec, true).unwrap();
+    for (i, b) in pool.slot_mut(0).unwrap().iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let bgrx = FrameDesc {
+        slot: 0,
+        seq: 0,
+        captured_ns: 0,
+        width: w,
+        height: h,
+        format: PixelFormat::Bgrx,
+        planes: vec![Plane {
+            offset: 0,
+            stride: u64::from(w * 4),
+        }],
+    };
+    let nv12 = FrameDesc {
+        format: PixelFormat::Nv12,
+        planes: vec![
+            Plane {
+                offset: 0,
+                stride: u64::from(w),
+            },
+            Plane {
+                offset: u64::from(w * h),
+                stride: u64::from(w),
+            },
+        ],
+        ..bgrx.clone()
+    };
+    for backend in [Backend::X264, Backend::X265, Backend::SvtAv1] {
+        let config = VideoConfig {
+            width: w,
+            height: h,
+            fps: 60,
+            bitrate_kbps: 20_000,
+        };
+        let mut enc = VideoEncoder::open(backend, config).unwrap();
+        let mut frame = enc.new_frame();
+        let mut conv = Converter::default();
+        for desc in [&bgrx, &nv12] {
+            let frames = 60;
+            let (mut convert, mut encode) = (Duration::ZERO, Duration::ZERO);
+            for n in 0..frames {
+                let t = Instant::now();
+                conv.convert(&pool, desc, &mut frame).unwrap();
+                convert += t.elapsed();
+                let t = Instant::now();
+                enc.encode(&mut frame, n == 0).unwrap();
+                encode += t.elapsed();
+            }
+            eprintln!(
+                "{} {:?} → {:?} ({}): convert {:.2} ms, encode {:.2} ms per frame",
+                backend.name(),
+                desc.format,
+                backend.pixel(),
+                conv.last_path,
+                convert.as_secs_f64() * 1000.0 / f64::from(frames),
+                encode.as_secs_f64() * 1000.0 / f64::from(frames)
+            );
+        }
+    }
+}

@@ -323,12 +323,7 @@ impl VideoEncoder {
     /// the old one still held (SVT-AV1 keeps two) are lost; their ring records never appear.
     fn reopen(&mut self, config: VideoConfig) -> Result<(), VideoError> {
         let next_pts = self.next_pts;
-        // SVT-AV1 wants the end of stream before it is torn down (it can hang in deinit with
-        // frames in flight, and waits forever for the end of a stream it got no frame of); what it
-        // hands out now is dropped with the old stream.
-        if self.sent > 0 && self.enc.send_eof().is_ok() {
-            while self.enc.receive_packet(&mut self.packet).is_ok() {}
-        }
+        self.finish();
         // The old encoder goes first: two SVT-AV1 instances side by side would pass the worker's
         // thread cap (and SVT-AV1 hangs when it cannot start its threads).
         let closed = codec::context::Context::new()
@@ -342,12 +337,35 @@ impl VideoEncoder {
     }
 }
 
+impl VideoEncoder {
+    /// Ends the stream before the encoder is torn down: SVT-AV1 can hang in deinit with frames in
+    /// flight (and waits forever for the end of a stream it got no frame of). What comes out now
+    /// belongs to a stream nobody continues, and is dropped.
+    fn finish(&mut self) {
+        if self.sent > 0 && self.enc.send_eof().is_ok() {
+            while self.enc.receive_packet(&mut self.packet).is_ok() {}
+        }
+        self.sent = 0;
+    }
+}
+
+impl Drop for VideoEncoder {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// CBR at `config.bitrate_kbps` with a VBV of one frame (bitrate / fps), as low-latency streaming
 /// wants: no frame may take much longer than a frame interval to send.
 fn apply_bitrate(ctx: &mut codec::context::Context, backend: Backend, config: VideoConfig) {
     let bits = i64::from(config.bitrate_kbps) * 1000;
     // SVT-AV1's CBR refuses a maximum equal to the target; its buffer settings do the capping.
     let max = if backend == Backend::SvtAv1 { 0 } else { bits };
+    let mut buffer = bits / i64::from(config.fps.max(1));
+    if backend == Backend::SvtAv1 {
+        // SVT-AV1 takes buffers of 20 ms and more (one frame at 60 fps is 16.7 ms).
+        buffer = buffer.max(bits * 21 / 1000);
+    }
     // SAFETY: `ctx` wraps a valid AVCodecContext; these are plain integer fields the wrapper reads
     // (at open, and for x264 before every frame).
     unsafe {
@@ -355,8 +373,7 @@ fn apply_bitrate(ctx: &mut codec::context::Context, backend: Backend, config: Vi
         (*raw).bit_rate = bits;
         (*raw).rc_max_rate = max;
         (*raw).rc_min_rate = 0;
-        (*raw).rc_buffer_size =
-            (bits / i64::from(config.fps.max(1))).clamp(1, i64::from(i32::MAX)) as i32;
+        (*raw).rc_buffer_size = buffer.clamp(1, i64::from(i32::MAX)) as i32;
     }
 }
 
@@ -387,6 +404,10 @@ impl Probe {
                     enc.encode(&mut frame, true).map(|_| ())
                 }) {
                     Ok(()) => probe.usable.push(backend),
+                    Err(e) if matches!(backend, Backend::Nvenc(_)) => probe.unusable.push((
+                        backend,
+                        format!("{e} (NVENC needs the NVIDIA driver's libcuda.so.1 and a GPU with NVENC)"),
+                    )),
                     Err(e) => probe.unusable.push((backend, e.to_string())),
                 }
             }
