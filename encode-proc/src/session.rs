@@ -182,6 +182,12 @@ fn open_video(probe: &Probe, params: &SessionParams) -> Result<VideoEncoder, Str
 /// Starts a session on `parts`. On error nothing runs and the message says why.
 pub fn start(parts: Parts, probe: &Probe, reports: Arc<Channel>) -> Result<Session, String> {
     let params = parts.params;
+    // Releases must never block the video thread on a capture that stopped reading (the session
+    // then fails instead, and StopSession still joins at once); receives poll anyway.
+    parts
+        .capture
+        .set_nonblocking(true)
+        .map_err(|e| format!("capture channel: {e}"))?;
     let encoder = open_video(probe, &params)?;
     let opus = OpusEncoder::new(params.audio, params.audio_packet_ms)
         .map_err(|e| format!("Opus {:?}: {e}", params.audio))?;
@@ -366,9 +372,16 @@ impl VideoLoop {
     }
 
     fn release(&self, slot: u32) -> Result<(), String> {
-        self.capture
-            .send(&EncodeToCapture::Release { slot }, &[])
-            .map_err(|e| format!("releasing slot {slot} to capture: {e}"))
+        match self.capture.send(&EncodeToCapture::Release { slot }, &[]) {
+            Ok(()) => Ok(()),
+            Err(ChannelError::Syscall {
+                errno: rustix::io::Errno::AGAIN,
+                ..
+            }) => Err(format!(
+                "capture does not read its frame channel (releasing slot {slot}: channel full)"
+            )),
+            Err(e) => Err(format!("releasing slot {slot} to capture: {e}")),
+        }
     }
 
     /// Waits up to `wait` for a frame, then drains what else is queued: the newest frame wins, the

@@ -833,3 +833,48 @@ fn cost_at_1080p() {
         }
     }
 }
+
+/// A capture that never reads its releases cannot wedge the video thread: the session fails once
+/// the channel is full, and StopSession returns at once.
+#[test]
+fn a_capture_that_stops_reading_fails_the_session_without_blocking() {
+    let mut rig = Rig::new();
+    rig.start(params(VideoCodec::H264, 30));
+    rig.report();
+    rig.capture.set_nonblocking(true).unwrap();
+    let desc = FrameDesc {
+        slot: 0,
+        seq: 0,
+        captured_ns: 0,
+        width: 64,
+        height: 64,
+        format: PixelFormat::Nv12,
+        planes: vec![
+            Plane {
+                offset: 0,
+                stride: 64,
+            },
+            Plane {
+                offset: 4096,
+                stride: 64,
+            },
+        ],
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let message = loop {
+        assert!(Instant::now() < deadline, "the session never failed");
+        // Frames go out as fast as encode takes them; releases pile up unread.
+        let _ = rig.capture.send(&CaptureToEncode::Frame(desc.clone()), &[]);
+        if let Ok(Some(received)) = rig.reports.try_recv::<WorkerMsg>() {
+            if let WorkerMsg::SessionFailed { message, .. } = received.msg {
+                break message;
+            }
+        }
+    };
+    assert!(message.contains("does not read"), "{message}");
+    let stop = Instant::now();
+    rig.handler
+        .handle(BrokerMsg::StopSession, Vec::new())
+        .unwrap();
+    assert!(stop.elapsed() < Duration::from_secs(2));
+}
