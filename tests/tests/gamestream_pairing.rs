@@ -2,7 +2,8 @@
 //! subprocess driven by tests/python/pair_and_applist.py) pairs with the real broker and its
 //! sandboxed lumen-net using the PIN given to `lumen-broker pair 1234`, then lists the apps over
 //! mutual TLS. A second identity that never paired, a client with the wrong PIN and a client
-//! removed with `lumen-broker unpair` all get the XML 401 over HTTPS.
+//! removed with `lumen-broker unpair` all get the XML 401 over HTTPS; a killed lumen-net comes back
+//! still trusting the paired client.
 //!
 //! The client lives in a virtual environment made by tests/python/setup-venv.sh (at
 //! `$LUMEN_TEST_VENV`, else target/lumen-test-venv); the first run needs the package index.
@@ -13,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use lumen_tests::{worker, Broker, ScratchDir};
+use lumen_tests::{signal, worker, Broker, ScratchDir};
 use serde_json::Value;
 
 const PIN: &str = "1234";
@@ -194,7 +195,25 @@ fn moonlight_pairs_with_a_pin_lists_apps_and_unpaired_clients_get_401() -> Resul
         "wrong-PIN applist: {refused}"
     );
 
-    // 5. `lumen-broker unpair`: the client is refused from then on.
+    // 5. A crash of lumen-net loses no pairing (it lives in the broker): the respawned worker
+    // gets the sockets and the pinned set again and serves the paired client at once.
+    let status = broker.status()?;
+    let net_pid = worker(&status, "Net")
+        .and_then(|w| w["pid"].as_u64())
+        .with_context(|| format!("no lumen-net pid: {status}"))?;
+    signal(u32::try_from(net_pid)?, libc::SIGKILL)?;
+    broker.wait_until(Duration::from_secs(15), "lumen-net respawned", |status| {
+        worker(status, "Net").is_some_and(|w| {
+            w["state"] == "running" && w["pid"].as_u64().is_some_and(|pid| pid != net_pid)
+        })
+    })?;
+    let apps = applist(&python, &port, &paired_dir)?;
+    ensure!(
+        apps["status_code"] == 200,
+        "applist after a lumen-net restart: {apps}"
+    );
+
+    // 6. `lumen-broker unpair`: the client is refused from then on.
     let out = broker.cli(&["clients", "--json"])?;
     let clients: Value = serde_json::from_slice(&out.stdout).context("clients --json")?;
     let listed = clients.as_array().context("clients --json is not a list")?;
@@ -225,11 +244,11 @@ fn moonlight_pairs_with_a_pin_lists_apps_and_unpaired_clients_get_401() -> Resul
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // lumen-net served all of it under its seccomp filter without being restarted.
+    // lumen-net served all of it under its seccomp filter: the only restart is the one above.
     let status = broker.status()?;
     let net = worker(&status, "Net").context("no Net worker")?;
     ensure!(
-        net["state"] == "running" && net["restarts"].as_u64() == Some(0),
+        net["state"] == "running" && net["restarts"].as_u64() == Some(1),
         "lumen-net: {net}"
     );
     Ok(())
