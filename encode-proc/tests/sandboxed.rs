@@ -35,6 +35,13 @@ fn spawn() -> (std::process::Child, Channel) {
                 .arg(env!("CARGO_BIN_EXE_lumen-encode"));
             c
         }
+        // LUMEN_TEST_AS_NOBODY=1: as uid/gid 65534, as a root broker runs its workers.
+        None if std::env::var_os("LUMEN_TEST_AS_NOBODY").is_some() => {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_lumen-encode"));
+            c
+        }
         None => Command::new(env!("CARGO_BIN_EXE_lumen-encode")),
     };
     command
