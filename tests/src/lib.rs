@@ -3,6 +3,7 @@
 
 pub mod media;
 pub mod pipewire_env;
+pub mod portal_env;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

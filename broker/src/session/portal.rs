@@ -127,7 +127,7 @@ async fn serve(
     while let Some(reply) = requests.recv().await {
         let result = state.acquire().await;
         if let Err(e) = &result {
-            tracing::warn!("ScreenCast portal: {e:#}");
+            tracing::warn!("{e:#}");
         }
         // The asker may have given up waiting; the session stays open for the next one.
         let _ = reply.send(result);
