@@ -16,6 +16,8 @@ packages=(
     # tests: a real PipeWire graph, network namespaces with packet loss, the Python client
     pipewire pipewire-bin wireplumber dbus gstreamer1.0-pipewire gstreamer1.0-plugins-base
     gstreamer1.0-plugins-good gstreamer1.0-tools python3-venv iproute2 nftables
+    # tests: the real ScreenCast portal frontend (with a test backend) in front of PipeWire
+    xdg-desktop-portal
     # systemd-analyze, to check the hardened user unit
     systemd
 )
