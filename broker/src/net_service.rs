@@ -98,8 +98,10 @@ struct Attempts {
 }
 
 impl Attempts {
-    /// Ends attempts whose client went quiet.
+    /// Ends attempts whose client went quiet, and forgets those whose `pair` stopped waiting
+    /// (they could not pair anyone, and would hold the client's uniqueid until they expire).
     fn expire(&mut self, now: Instant) {
+        self.live.retain(|_, live| !live.outcome.is_closed());
         let stale: Vec<String> = self
             .live
             .iter()
@@ -503,11 +505,16 @@ mod tests {
             PairStage::ClientPairingSecret { secret, signature },
         )
         .await;
-        assert!(
-            matches!(reply, PairReply::Failed(ref why) if why.contains("stopped waiting")),
-            "{reply:?}"
-        );
+        assert!(matches!(reply, PairReply::OutOfOrder(_)), "{reply:?}");
         assert!(service.identity().paired_sha256.is_empty());
+        // The abandoned attempt does not hold the uniqueid: the next `pair` can serve it.
+        let offer = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.offer(Pin::parse("1234").unwrap()).await }
+        });
+        let reply = stage(&service, "abc", stage1(&client)).await;
+        assert!(matches!(reply, PairReply::ServerCert { .. }), "{reply:?}");
+        offer.abort();
         std::fs::remove_dir_all(dir).unwrap();
     }
 
