@@ -1,34 +1,19 @@
-//! `lumen-encode`'s sandbox: it turns frames into bitstreams with CPU codecs, or a GPU driver opened before lock-down.
-//! No network sockets at all (no `socket`, `bind`, `connect`, `accept`), its own network
+//! `lumen-encode`'s sandbox: it turns frames into bitstreams with CPU codecs (libraries loaded and
+//! warmed up before lock-down). No network sockets at all (no `socket`, `bind`, `connect`, `accept`), its own network
 //! namespace, no paths, no processes.
 
 use lumen_ipc::msg::WorkerKind;
-#[allow(unused_imports)]
-use lumen_ipc::sandbox::seccomp::{allow, allow_if, rust_runtime, SoftDenied};
+use lumen_ipc::sandbox::seccomp::{allow, rust_runtime, SoftDenied};
 use lumen_ipc::sandbox::Policy;
 
 pub fn policy() -> Policy {
-    #[allow(unused_mut)]
     let mut syscalls = rust_runtime();
     use libc::*;
-    // Room for a GPU driver. libcuda/NVENC open their device nodes at cuInit, before lock-down, and
-    // then talk to the kernel driver through ioctls on those fds; some driver paths JIT code.
-    // What remains to be verified on NVIDIA hardware (no GPU here): that cuInit + NVENC session setup
-    // before lock-down leave nothing that needs openat later (e.g. /dev/nvidia-uvm opened lazily), and
-    // which ioctls and mmap flags the driver actually uses, so these two rules can be narrowed.
-    syscalls.retain(|r| r.nr != SYS_ioctl && r.nr != SYS_mmap && r.nr != SYS_mprotect);
+    // No GPU rules: NVENC would need its CUDA context (and the device nodes it opens) made before
+    // lock-down and kept; until that exists a session's NVENC open fails here and the software
+    // encoder takes over, so ioctl, mmap and mprotect keep rust_runtime's narrow rules (no
+    // executable mappings). x264, x265 and SVT-AV1 run precompiled assembly, no JIT.
     syscalls.extend([
-        allow(
-            SYS_ioctl,
-            "ioctl",
-            "GPU driver requests on device fds opened before lock-down",
-        ),
-        allow(
-            SYS_mmap,
-            "mmap",
-            "GPU driver mappings (may be executable: driver JIT)",
-        ),
-        allow(SYS_mprotect, "mprotect", "GPU driver mappings"),
         allow(
             SYS_getpriority,
             "getpriority",
@@ -42,7 +27,18 @@ pub fn policy() -> Policy {
         allow(
             SYS_sched_setaffinity,
             "sched_setaffinity",
-            "encoder thread pinning",
+            "encoder thread pinning (x265 pins its pool to its NUMA node)",
+        ),
+        allow(
+            SYS_get_mempolicy,
+            "get_mempolicy",
+            "libnuma's numa_available() (x265's thread pools); reads the caller's policy only",
+        ),
+        allow(
+            SYS_set_mempolicy,
+            "set_mempolicy",
+            "x265 sets its pool threads' NUMA memory policy (interleave, local); the calling \
+             thread's own allocations only",
         ),
     ]);
     Policy {
@@ -68,13 +64,6 @@ fn soft_denied() -> Vec<SoftDenied> {
             errno: ENOENT,
             why: "x265 and glibc's get_nprocs/sysconf read /proc and /sys for CPU counts when an \
               encoder opens; they fall back to sched_getaffinity / one node",
-        },
-        SoftDenied {
-            nr: SYS_get_mempolicy,
-            name: "get_mempolicy",
-            errno: ENOSYS,
-            why: "libnuma's numa_available() (x265's thread pools) probes NUMA support; ENOSYS \
-              reads as 'no NUMA', and x265 runs one pool",
         },
         SoftDenied {
             nr: SYS_sched_setscheduler,

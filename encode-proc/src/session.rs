@@ -305,8 +305,17 @@ struct VideoLoop {
 
 impl VideoLoop {
     fn run(mut self) {
-        if let Err(e) = self.serve() {
-            self.shared.fail(e);
+        match self.serve() {
+            Ok(()) => {}
+            // Capture went away: the session is being torn down (or capture died, which the
+            // broker sees and answers with a new session); nothing here failed.
+            Err(e) if e == CAPTURE_CLOSED => {
+                eprintln!(
+                    "lumen-encode: session {}: {CAPTURE_CLOSED}; video stops",
+                    self.shared.generation
+                );
+            }
+            Err(e) => self.shared.fail(e),
         }
     }
 
@@ -380,6 +389,7 @@ impl VideoLoop {
             }) => Err(format!(
                 "capture does not read its frame channel (releasing slot {slot}: channel full)"
             )),
+            Err(ChannelError::Closed) => Err(CAPTURE_CLOSED.to_string()),
             Err(e) => Err(format!("releasing slot {slot} to capture: {e}")),
         }
     }
@@ -515,13 +525,15 @@ impl VideoLoop {
     }
 }
 
+const CAPTURE_CLOSED: &str = "capture closed the frame channel";
+
 fn capture_error(e: ChannelError) -> String {
     match e {
         ChannelError::Closed
         | ChannelError::Syscall {
             errno: rustix::io::Errno::CONNRESET,
             ..
-        } => "capture closed the frame channel".to_string(),
+        } => CAPTURE_CLOSED.to_string(),
         e => format!("frame channel: {e}"),
     }
 }

@@ -878,3 +878,33 @@ fn a_capture_that_stops_reading_fails_the_session_without_blocking() {
         .unwrap();
     assert!(stop.elapsed() < Duration::from_secs(2));
 }
+
+/// Capture closing its channel (teardown, or a crash the broker handles) ends video quietly: no
+/// SessionFailed, and the session still stops cleanly.
+#[test]
+fn capture_going_away_is_not_a_session_failure() {
+    let mut rig = Rig::new();
+    rig.start(params(VideoCodec::H264, 30));
+    rig.report();
+    rig.write_nv12(0, 1, |_, _| 80, (128, 128));
+    rig.au_of(1);
+    let (replacement, _) = Channel::pair().unwrap();
+    drop(std::mem::replace(&mut rig.capture, replacement));
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        if let Ok(received) = rig
+            .reports
+            .recv_timeout::<WorkerMsg>(Duration::from_millis(100))
+        {
+            assert!(
+                matches!(received.msg, WorkerMsg::SessionStats { .. }),
+                "{:?}",
+                received.msg
+            );
+        }
+    }
+    assert!(!rig.handler.session().unwrap().failed());
+    rig.handler
+        .handle(BrokerMsg::StopSession, Vec::new())
+        .unwrap();
+}

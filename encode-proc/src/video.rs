@@ -404,10 +404,15 @@ impl Probe {
                     enc.encode(&mut frame, true).map(|_| ())
                 }) {
                     Ok(()) => probe.usable.push(backend),
-                    Err(e) if matches!(backend, Backend::Nvenc(_)) => probe.unusable.push((
-                        backend,
-                        format!("{e} (NVENC needs the NVIDIA driver's libcuda.so.1 and a GPU with NVENC)"),
-                    )),
+                    Err(e @ VideoError::Ffmpeg { .. }) if matches!(backend, Backend::Nvenc(_)) => {
+                        probe.unusable.push((
+                            backend,
+                            format!(
+                                "{e} (NVENC needs the NVIDIA driver's libcuda.so.1 and a GPU \
+                                 with NVENC)"
+                            ),
+                        ))
+                    }
                     Err(e) => probe.unusable.push((backend, e.to_string())),
                 }
             }
