@@ -82,6 +82,8 @@ struct Shared {
     selected: HashMap<String, (u32, bool)>,
     /// The cursor mode each SelectSources asked for.
     cursor_modes: Vec<u32>,
+    /// Object paths of the sessions not closed yet.
+    open_sessions: Vec<String>,
 }
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -109,7 +111,11 @@ impl ScreenCastBackend {
         _options: HashMap<String, OwnedValue>,
         #[zbus(object_server)] server: &zbus::ObjectServer,
     ) -> (u32, Results) {
-        lock(&self.shared).counts.create_session += 1;
+        {
+            let mut shared = lock(&self.shared);
+            shared.counts.create_session += 1;
+            shared.open_sessions.push(session_handle.to_string());
+        }
         let session = SessionBackend {
             shared: self.shared.clone(),
         };
@@ -220,8 +226,15 @@ impl SessionBackend {
         #[zbus(object_server)] server: &zbus::ObjectServer,
         #[zbus(header)] header: zbus::message::Header<'_>,
     ) {
-        lock(&self.shared).counts.closed += 1;
-        if let Some(path) = header.path() {
+        let path = header.path().map(|p| p.to_owned());
+        {
+            let mut shared = lock(&self.shared);
+            shared.counts.closed += 1;
+            if let Some(path) = &path {
+                shared.open_sessions.retain(|open| open != path.as_str());
+            }
+        }
+        if let Some(path) = path {
             let _ = server.remove::<SessionBackend, _>(path).await;
         }
     }
@@ -289,6 +302,7 @@ impl PortalEnv {
             counts: Counts::default(),
             selected: HashMap::new(),
             cursor_modes: Vec::new(),
+            open_sessions: Vec::new(),
         }));
         let address = format!("unix:path={}", pipewire.runtime_dir().join("bus").display());
         let connection = runtime
@@ -432,6 +446,29 @@ impl PortalEnv {
     /// The cursor mode of every SelectSources so far (1 hidden, 2 embedded, 4 metadata).
     pub fn cursor_modes(&self) -> Vec<u32> {
         lock(&self.shared).cursor_modes.clone()
+    }
+
+    /// Ends every open session from the desktop's side (`Session.Closed`), as a user who stops
+    /// sharing or a restarted compositor does; returns how many were closed.
+    pub fn close_sessions(&self) -> Result<usize> {
+        let paths = std::mem::take(&mut lock(&self.shared).open_sessions);
+        let connection = self.connection.clone();
+        let count = paths.len();
+        self.block_on(async move {
+            for path in paths {
+                connection
+                    .emit_signal(
+                        None::<&str>,
+                        path.as_str(),
+                        "org.freedesktop.impl.portal.Session",
+                        "Closed",
+                        &(),
+                    )
+                    .await?;
+            }
+            zbus::Result::Ok(())
+        })??;
+        Ok(count)
     }
 
     /// How the backend answers the next `Start`s.

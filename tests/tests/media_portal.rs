@@ -254,3 +254,42 @@ fn a_refused_or_empty_portal_is_a_clear_error_and_the_broker_stays_up() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn a_session_the_desktop_closed_is_reopened_without_a_prompt() -> Result<()> {
+    let Some((pipewire, _screen, portal)) = environment()? else {
+        return Ok(());
+    };
+    // No token file: the portal's in-memory (transient) restore token does the job for the
+    // broker's lifetime.
+    let broker = start_broker("portal-closed", &pipewire, &portal, "")?;
+    let capture_pid = worker(&broker.status()?, "Capture")
+        .and_then(|w| w["pid"].as_u64())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .context("capture pid")?;
+    let out = ScratchDir::new("rec-portal-closed")?;
+    let rec = std::thread::scope(|scope| {
+        let recording = scope.spawn(|| record_for(&broker, &out, "5"));
+        // The desktop ends the session mid-recording (the running capture keeps its stream);
+        // the next capture start must open a new one.
+        std::thread::sleep(Duration::from_millis(1500));
+        let closed = portal.close_sessions()?;
+        ensure!(closed == 1, "{closed} sessions were open");
+        std::thread::sleep(Duration::from_millis(300));
+        signal(capture_pid, libc::SIGKILL)?;
+        recording.join().expect("recording thread")
+    })
+    .with_context(|| portal.logs())?;
+    let session = &rec.reply["session"];
+    ensure!(
+        session["capture"]["state"] == "running" && session["rebuilds"].as_u64() >= Some(1),
+        "capture runs again on a new portal session: {session}"
+    );
+    let counts = portal.counts();
+    ensure!(
+        counts.create_session == 2 && counts.prompts == 1 && counts.restored == 1,
+        "the second session was let in by the restore token: {counts:?}"
+    );
+    check_picture(&rec, 90)?;
+    Ok(())
+}
