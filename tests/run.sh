@@ -13,6 +13,10 @@ if [ "$(id -u)" -eq 0 ] && [ -z "${CARGO_TARGET_DIR:-}" ] \
     echo "tests/run.sh: $PWD is not reachable by uid 65534; building in $CARGO_TARGET_DIR"
 fi
 
+# The real Moonlight client (moonlight-python, which bundles moonlight-common-c) for the GameStream tests.
+LUMEN_TEST_VENV="$(tests/python/setup-venv.sh)"
+export LUMEN_TEST_VENV
+
 # The whole-system tests start the real binaries (broker and the four workers), so build them first.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${LUMEN_TEST_THREADS:-2}"
