@@ -139,11 +139,9 @@ impl Converter {
             self.last_path = "copy";
             return Ok(());
         }
-        let flags = if desc.width == dst.width() && desc.height == dst.height() {
-            ffi::SWS_POINT
-        } else {
-            ffi::SWS_BILINEAR
-        };
+        // Bilinear also at the same size: chroma is then averaged, not point-sampled, on the way to
+        // 4:2:0 (measured at 1080p: no slower than SWS_POINT).
+        let flags = ffi::SWS_BILINEAR;
         // SAFETY: sizes are non-zero (check) and formats valid; the cached context is ours.
         self.sws = unsafe {
             ffi::sws_getCachedContext(
