@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lumen_ipc::msg::{BrokerMsg, WorkerKind};
-use lumen_ipc::net_msg::{NetReply, PairReply};
+use lumen_ipc::net_msg::{NetReply, NetRequest, PairReply};
 
 use crate::net_service::NetService;
-use crate::session::Sessions;
+use crate::session::{ConsumerTarget, Sessions};
 use crate::supervisor::{Supervisor, WorkerEvent};
 
 /// Starts routing the supervisor's events. Must be called inside the tokio runtime.
@@ -34,6 +34,10 @@ pub fn start(
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             match event {
+                WorkerEvent::NetRequest {
+                    id,
+                    request: request @ (NetRequest::StartStream { .. } | NetRequest::StopStream),
+                } => stream_request(&supervisor, &sessions, id, request),
                 WorkerEvent::NetRequest { id, request } => {
                     let (supervisor, net) = (supervisor.clone(), net.clone());
                     tokio::spawn(async move {
@@ -64,6 +68,41 @@ pub fn start(
         }
     });
     Ok(())
+}
+
+/// Starts or stops the stream lumen-net negotiated; the rings of a started one follow the reply.
+fn stream_request(supervisor: &Supervisor, sessions: &Sessions, id: u64, request: NetRequest) {
+    let reply = |reply| {
+        if let Err(e) = supervisor.send(
+            WorkerKind::Net,
+            BrokerMsg::NetReply { id, reply },
+            Vec::new(),
+        ) {
+            tracing::warn!("answering lumen-net: {e:#}");
+        }
+    };
+    if let Err(why) = request.validate() {
+        tracing::warn!("lumen-net sent a malformed stream request: {why}");
+        return reply(NetReply::Refused(why));
+    }
+    match request {
+        NetRequest::StartStream { params } => {
+            match sessions.start_session(params, ConsumerTarget::Net) {
+                Ok(ends) => {
+                    reply(NetReply::StreamStarting {
+                        generation: ends.generation,
+                    });
+                    sessions.send_rings_to_net(ends);
+                }
+                Err(e) => reply(NetReply::Refused(format!("{e:#}"))),
+            }
+        }
+        NetRequest::StopStream => {
+            sessions.stop_session();
+            reply(NetReply::StreamStopped);
+        }
+        _ => {}
+    }
 }
 
 /// Sends lumen-net the host identity and the current pinned clients.

@@ -205,6 +205,11 @@ impl NetService {
                 client_uniqueid,
                 stage,
             } => NetReply::Pair(self.pair(client_uniqueid, stage).await),
+            // Streams belong to the media sessions; `crate::dispatch` routes these there and
+            // never here.
+            NetRequest::StartStream { .. } | NetRequest::StopStream => {
+                NetReply::Refused("stream requests are not handled by the pairing service".into())
+            }
         }
     }
 

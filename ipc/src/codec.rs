@@ -194,6 +194,7 @@ mod tests {
                 id: 3,
                 reply: crate::net_msg::NetReply::Signature(vec![1; 256]),
             },
+            BrokerMsg::StreamRings { generation: 4 },
         ];
         for m in &all {
             match m {
@@ -204,7 +205,8 @@ mod tests {
                 | BrokerMsg::StartEncode { .. }
                 | BrokerMsg::StopSession
                 | BrokerMsg::NetIdentity(_)
-                | BrokerMsg::NetReply { .. } => {}
+                | BrokerMsg::NetReply { .. }
+                | BrokerMsg::StreamRings { .. } => {}
             }
         }
         all

@@ -170,6 +170,12 @@ pub enum BrokerMsg {
     NetIdentity(NetIdentity),
     /// `lumen-net`: the answer to its `WorkerMsg::NetRequest` with the same `id`.
     NetReply { id: u64, reply: NetReply },
+    /// `lumen-net`: the consumer's ends of the running stream's rings, for `generation` (sent
+    /// after `StreamStarting` and again after every capture/encode restart; the newest generation
+    /// replaces the rings net reads). fds, in this order: the video ring memfd and doorbell, the
+    /// audio ring memfd and doorbell, net's end of the net → encode control channel
+    /// (`media::EncoderControl`: IDR requests, bitrate).
+    StreamRings { generation: Generation },
     /// Stop cleanly now.
     Shutdown,
 }

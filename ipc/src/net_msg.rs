@@ -33,6 +33,13 @@ pub enum NetRequest {
         client_uniqueid: String,
         stage: PairStage,
     },
+    /// A paired client's stream was negotiated (RTSP ANNOUNCE): start capture and encode for it.
+    /// The broker answers `StreamStarting` and then sends `BrokerMsg::StreamRings` with the
+    /// consumer's ends (again after every capture/encode restart, with a new generation).
+    StartStream { params: crate::media::SessionParams },
+    /// The stream ended (client quit, `/cancel`, or the connection died): stop capture and
+    /// encode. Answered `StreamStopped`.
+    StopStream,
 }
 
 /// The inputs of one pairing stage, already hex-decoded by `lumen-net`.
@@ -90,6 +97,10 @@ pub enum NetReply {
     Signature(Vec<u8>),
     /// The answer to a `Pair` stage.
     Pair(PairReply),
+    /// The stream is starting under `generation`; its rings follow in `BrokerMsg::StreamRings`.
+    StreamStarting { generation: u64 },
+    /// The stream was stopped (or none was running).
+    StreamStopped,
     /// The request was refused, and why (shown in logs; never a secret).
     Refused(String),
 }
@@ -120,6 +131,8 @@ impl NetRequest {
     /// Checks every length and string of the request; the broker refuses what fails.
     pub fn validate(&self) -> Result<(), String> {
         match self {
+            NetRequest::StartStream { params } => params.validate(),
+            NetRequest::StopStream => Ok(()),
             NetRequest::TlsSign { message, .. } => {
                 if message.len() > MAX_SIGN_INPUT {
                     return Err(format!(

@@ -32,6 +32,8 @@ use plumbing::ConsumerEnds;
 pub enum ConsumerTarget {
     /// The broker's recorder thread (`lumen-broker record`); rebuilt rings are sent here.
     Recorder(std::sync::mpsc::Sender<ConsumerEnds>),
+    /// lumen-net, streaming to a client; rings go out as `BrokerMsg::StreamRings`.
+    Net,
 }
 
 /// One worker's part of the session, as `status` shows it.
@@ -248,6 +250,26 @@ impl Sessions {
         }
     }
 
+    /// Hands lumen-net the consumer's ends of a generation (`BrokerMsg::StreamRings`).
+    pub fn send_rings_to_net(&self, ends: ConsumerEnds) {
+        let fds = vec![
+            ends.video.memfd,
+            ends.video.doorbell,
+            ends.audio.memfd,
+            ends.audio.doorbell,
+            OwnedFd::from(ends.control),
+        ];
+        self.send(
+            WorkerKind::Net,
+            (
+                BrokerMsg::StreamRings {
+                    generation: ends.generation,
+                },
+                fds,
+            ),
+        );
+    }
+
     /// The session in progress, or else the last one.
     pub fn status(&self) -> Option<SessionStatus> {
         let state = self.state();
@@ -270,6 +292,19 @@ impl Sessions {
             WorkerEvent::Ready { kind, .. } => {
                 if matches!(kind, WorkerKind::Capture | WorkerKind::Encode) {
                     self.rebuild(kind);
+                }
+            }
+            WorkerEvent::Exited {
+                kind: WorkerKind::Net,
+            } => {
+                // The stream in flight ends with the worker that served it (DESIGN: a net
+                // restart ends the session; pairing state is untouched).
+                let streaming = matches!(
+                    self.state().active.as_ref().map(|a| &a.target),
+                    Some(ConsumerTarget::Net)
+                );
+                if streaming {
+                    self.stop_session();
                 }
             }
             WorkerEvent::Exited { kind } => {
@@ -331,6 +366,10 @@ impl Sessions {
         );
         let delivered = match &active.target {
             ConsumerTarget::Recorder(tx) => tx.send(plumbing.consumer).is_ok(),
+            ConsumerTarget::Net => {
+                self.send_rings_to_net(plumbing.consumer);
+                true
+            }
         };
         if !delivered {
             tracing::debug!("the session's consumer is gone; not rebuilding");
