@@ -35,6 +35,9 @@ pub const START_ENCODE_FDS: usize = 9;
 /// Longest a thread sleeps before looking at the stop flag.
 const POLL_SLICE: Duration = Duration::from_millis(100);
 
+/// Most frames waiting in an encoder for their access unit (SVT-AV1 holds two or three).
+const MAX_PENDING: usize = 16;
+
 /// How often the video thread reports `SessionStats`.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -479,6 +482,11 @@ impl VideoLoop {
             .encoder
             .encode(&mut current.frame, idr)
             .map_err(|e| e.to_string())?;
+        // Entries of frames an encoder never hands back (SVT-AV1's in-flight frames at a reopen)
+        // leave when a later AU arrives; the cap only guards against an encoder that stops.
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+        }
         self.pending.push_back(Pending {
             pts,
             seq: current.seq,
@@ -487,7 +495,7 @@ impl VideoLoop {
             start_ns,
         });
         for au in aus {
-            // Frames the encoder dropped (none with these settings) leave their entries behind.
+            // Frames the encoder never handed back leave their entries behind.
             while self.pending.front().is_some_and(|p| p.pts < au.pts) {
                 self.pending.pop_front();
             }
