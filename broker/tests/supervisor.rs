@@ -365,6 +365,10 @@ fn fake_worker() {
                 append(&out, &format!("identity {}", identity.uniqueid))
             }
             BrokerMsg::NetReply { id, reply } => append(&out, &format!("reply {id} {reply:?}")),
+            BrokerMsg::StreamRings { generation } => append(
+                &out,
+                &format!("rings generation={generation} fds={}", received.fds.len()),
+            ),
         }
     }
 }
