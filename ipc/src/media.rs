@@ -284,6 +284,14 @@ impl FrameDesc {
         }
         for (i, plane) in self.planes.iter().enumerate() {
             let row = self.format.min_stride(i, self.width);
+            // A stride is never longer than the slot: it bounds a one-row plane too, where only
+            // the row itself would otherwise be checked against the slot.
+            if plane.stride > pool.slot_bytes {
+                return Err(FrameDescError::PastSlot {
+                    plane: i,
+                    slot_bytes: pool.slot_bytes,
+                });
+            }
             if plane.stride < row {
                 return Err(FrameDescError::ShortStride {
                     plane: i,
