@@ -293,3 +293,92 @@ fn a_session_the_desktop_closed_is_reopened_without_a_prompt() -> Result<()> {
     check_picture(&rec, 90)?;
     Ok(())
 }
+
+/// A private session bus that starts no services (no `servicedir`), so nothing answers for the
+/// portal, and nothing is left running (or unreaped) behind the test.
+struct BareBus {
+    dir: ScratchDir,
+    daemon: std::process::Child,
+}
+
+impl BareBus {
+    fn start() -> Result<Option<BareBus>> {
+        if lumen_tests::pipewire_env::missing_binaries().contains(&"dbus-daemon") {
+            let why = "dbus-daemon not found (dist/install-deps.sh installs it)";
+            ensure!(std::env::var_os("CI").is_none(), "{why}; CI is set");
+            eprintln!("SKIPPED: {why}");
+            return Ok(None);
+        }
+        let dir = ScratchDir::new("bare-bus")?;
+        let socket = dir.path().join("bus");
+        let config = dir.path().join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\" \
+                 \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n\
+                 <busconfig><type>session</type><listen>unix:path={}</listen>\
+                 <policy context=\"default\"><allow send_destination=\"*\" eavesdrop=\"true\"/>\
+                 <allow eavesdrop=\"true\"/><allow own=\"*\"/></policy></busconfig>\n",
+                socket.display()
+            ),
+        )?;
+        let daemon = std::process::Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--nopidfile"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting dbus-daemon")?;
+        let bus = BareBus { dir, daemon };
+        let start = Instant::now();
+        while !socket.exists() {
+            ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "dbus-daemon did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(bus))
+    }
+
+    fn address(&self) -> String {
+        format!("unix:path={}", self.dir.path().join("bus").display())
+    }
+}
+
+impl Drop for BareBus {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+#[test]
+fn no_screencast_portal_is_a_clear_error() -> Result<()> {
+    let Some(bus) = BareBus::start()? else {
+        return Ok(());
+    };
+    let address = bus.address();
+    let broker = Broker::start_with(
+        "portal-none",
+        "[capture]\nsource = \"portal\"\n",
+        &[("DBUS_SESSION_BUS_ADDRESS", address.as_str())],
+    )?;
+    let out = ScratchDir::new("rec-portal-none")?;
+    let err = match record_for(&broker, &out, "2") {
+        Ok(rec) => anyhow::bail!("recorded without a portal: {}", rec.reply),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("no ScreenCast portal"), "{err}");
+    let status = broker.status()?;
+    ensure!(
+        status["media_session"]["capture"]["state"] == "failed",
+        "status shows the failure: {}",
+        status["media_session"]
+    );
+    ensure!(
+        lumen_tests::all_workers_running(&status),
+        "no worker crash-looped"
+    );
+    Ok(())
+}

@@ -207,6 +207,7 @@ impl PortalState {
 
     async fn open_session(&mut self) -> anyhow::Result<Open> {
         let connection = self.connection().await?;
+        check_portal_present(&connection).await?;
         let proxy = Screencast::with_connection(connection)
             .await
             .map_err(|e| explain("connecting", e))?;
@@ -288,6 +289,32 @@ impl PortalState {
     }
 }
 
+/// The portal's bus name.
+const PORTAL_NAME: &str = "org.freedesktop.portal.Desktop";
+
+/// Fails with a plain answer when nothing runs or can be started as the portal (D-Bus's own
+/// error for that reaches ashpd as an opaque method error).
+async fn check_portal_present(connection: &zbus::Connection) -> anyhow::Result<()> {
+    let dbus = zbus::fdo::DBusProxy::new(connection)
+        .await
+        .map_err(|e| anyhow!("no ScreenCast portal: asking the session bus: {e}"))?;
+    let name = zbus::names::BusName::try_from(PORTAL_NAME)?;
+    if dbus.name_has_owner(name).await.unwrap_or(false) {
+        return Ok(());
+    }
+    let activatable = dbus
+        .list_activatable_names()
+        .await
+        .map(|names| names.iter().any(|n| n.as_str() == PORTAL_NAME))
+        .unwrap_or(false);
+    if activatable {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "no ScreenCast portal: nothing provides {PORTAL_NAME} on the session bus (is xdg-desktop-portal installed, and does the broker run in the user's desktop session?)"
+    ))
+}
+
 fn portal_cursor(mode: CursorMode) -> PortalCursor {
     match mode {
         CursorMode::Embedded => PortalCursor::Embedded,
@@ -306,12 +333,15 @@ fn explain(step: &str, e: ashpd::Error) -> anyhow::Error {
             "the ScreenCast portal: {step} failed (the desktop's portal backend refused or offered nothing to share)"
         ),
         ashpd::Error::PortalNotFound(_) => anyhow!(
-            "no ScreenCast portal: xdg-desktop-portal runs without a ScreenCast backend for this desktop (XDG_CURRENT_DESKTOP={})",
-            std::env::var("XDG_CURRENT_DESKTOP").unwrap_or_default()
+            "no ScreenCast portal: xdg-desktop-portal runs without a ScreenCast backend for this desktop (install the desktop's portal backend, e.g. xdg-desktop-portal-gnome, -kde or -wlr)"
         ),
-        e if e.to_string().contains("ServiceUnknown") => anyhow!(
-            "no ScreenCast portal: nothing provides org.freedesktop.portal.Desktop on the session bus (is xdg-desktop-portal installed?): {e}"
-        ),
+        e if e.to_string().contains("ServiceUnknown")
+            || e.to_string().contains("not provided by any .service files") =>
+        {
+            anyhow!(
+            "no ScreenCast portal: nothing provides {PORTAL_NAME} on the session bus (is xdg-desktop-portal installed?): {e}"
+        )
+        }
         e => anyhow!("the ScreenCast portal: {step}: {e}"),
     }
 }
