@@ -179,9 +179,16 @@ impl BrokerView {
             return error("the recording directory must be an absolute path");
         }
         let (rebuilt_tx, rebuilt_rx) = std::sync::mpsc::channel();
-        let first = match sessions.start_session(params, ConsumerTarget::Recorder(rebuilt_tx)) {
-            Ok(first) => first,
-            Err(e) => return error(format!("{e:#}")),
+        // Starting may wait on the ScreenCast portal (a user prompt): off the async threads.
+        let starting = sessions.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            starting.start_session(params, ConsumerTarget::Recorder(rebuilt_tx))
+        })
+        .await;
+        let first = match started {
+            Ok(Ok(first)) => first,
+            Ok(Err(e)) => return error(format!("{e:#}")),
+            Err(e) => return error(format!("starting the session: {e}")),
         };
         tracing::info!(dir = %dir.display(), seconds, "recording the media session");
         let recorded = tokio::task::spawn_blocking(move || {

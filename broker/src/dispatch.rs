@@ -37,7 +37,14 @@ pub fn start(
                 WorkerEvent::NetRequest {
                     id,
                     request: request @ (NetRequest::StartStream { .. } | NetRequest::StopStream),
-                } => stream_request(&supervisor, &sessions, id, request),
+                } => {
+                    // Starting may wait on the ScreenCast portal (a user prompt): off the
+                    // event loop.
+                    let (supervisor, sessions) = (supervisor.clone(), sessions.clone());
+                    tokio::task::spawn_blocking(move || {
+                        stream_request(&supervisor, &sessions, id, request)
+                    });
+                }
                 WorkerEvent::NetRequest { id, request } => {
                     let (supervisor, net) = (supervisor.clone(), net.clone());
                     tokio::spawn(async move {

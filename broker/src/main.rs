@@ -115,7 +115,8 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             .map(|(role, port)| PortStatus { role, port })
             .collect();
         let supervisor = Supervisor::start(supervisor_config, sockets).await?;
-        let sessions = session::Sessions::new(supervisor.clone(), config.capture.clone());
+        let sessions = session::Sessions::new(supervisor.clone(), config.capture.clone())
+            .with_state_dir(paths.state_dir.clone());
         let clients = Arc::new(Mutex::new(clients));
         let pairing = PairingSlot::new(pair_wait);
         let net = Arc::new(net_service::NetService::new(

@@ -585,7 +585,7 @@ fn lying_frame_descriptions_end_the_session_not_the_worker() {
     };
     assert!(message.contains("past the slot"), "{message}");
 
-    // A one-row plane with a huge stride passes FrameDesc::check; the converter refuses it.
+    // A one-row plane with a huge stride: refused (FrameDesc::check bounds the stride by the slot).
     let Rig {
         handler, reports, ..
     } = rig;
@@ -601,8 +601,10 @@ fn lying_frame_descriptions_end_the_session_not_the_worker() {
     let WorkerMsg::SessionFailed { message, .. } = rig.report() else {
         panic!("no SessionFailed");
     };
-    assert!(message.contains("stride"), "{message}");
-    rig.wait_release(0);
+    assert!(
+        message.contains("stride") || message.contains("past the slot"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -134,7 +134,6 @@ impl Sessions {
     /// broker restart reopens the same screen without asking the user.
     // Until `main.rs` calls it, the token lives as long as the broker unless the config names a
     // file.
-    #[allow(dead_code)]
     pub fn with_state_dir(mut self, state_dir: PathBuf) -> Sessions {
         self.state_dir = Some(state_dir);
         self
