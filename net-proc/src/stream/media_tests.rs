@@ -1,0 +1,573 @@
+//! The senders on real fds: rings and a control channel as the broker makes them, the broker's
+//! UDP sockets on loopback, and a fake client that pings and reads the datagrams back.
+
+use std::net::UdpSocket;
+use std::time::Instant;
+
+use lumen_core::fec::FecConfig;
+use lumen_ipc::ring::{
+    create_ring, monotonic_ns, Producer, PushOutcome, RecordMeta, FLAG_DISCONTINUITY,
+    FLAG_END_OF_FRAME, FLAG_KEYFRAME, TS_CAPTURED,
+};
+
+use super::super::video::rtp_90khz;
+use super::*;
+
+const PAYLOAD: [u8; 16] = *b"0123456789ABCDEF";
+const PACKET_SIZE: usize = 1024;
+const WAIT: Duration = Duration::from_secs(5);
+
+fn video_config() -> VideoStreamConfig {
+    VideoStreamConfig {
+        packet_size: PACKET_SIZE,
+        fec: FecConfig {
+            percent: 20,
+            min_parity: 2,
+            max_blocks: 4,
+        },
+        encryption: None,
+    }
+}
+
+struct Rig {
+    streams: MediaStreams,
+    video: SocketAddr,
+    audio: SocketAddr,
+}
+
+fn start() -> Rig {
+    let video = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let audio = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (video_addr, audio_addr) = (video.local_addr().unwrap(), audio.local_addr().unwrap());
+    let streams = MediaStreams::start(MediaConfig {
+        video_socket: video.into(),
+        audio_socket: audio.into(),
+        ping_payload: PAYLOAD,
+        video: video_config(),
+        audio: AudioStreamConfig {
+            packet_duration_ms: 5,
+            encryption: None,
+        },
+        fps: 60,
+    })
+    .unwrap();
+    Rig {
+        streams,
+        video: video_addr,
+        audio: audio_addr,
+    }
+}
+
+/// The encoder's side of one ring generation.
+struct Encoder {
+    video: Producer,
+    audio: Producer,
+    control: Channel,
+    video_memfd: OwnedFd,
+    video_bell: OwnedFd,
+}
+
+fn rings(generation: u64) -> (Encoder, Vec<OwnedFd>) {
+    let v = create_ring("video", 1 << 20, generation).unwrap();
+    let a = create_ring("audio", 1 << 16, generation).unwrap();
+    let video = Producer::attach(
+        v.memfd.try_clone().unwrap(),
+        v.doorbell.try_clone().unwrap(),
+        generation,
+    )
+    .unwrap();
+    let audio = Producer::attach(
+        a.memfd.try_clone().unwrap(),
+        a.doorbell.try_clone().unwrap(),
+        generation,
+    )
+    .unwrap();
+    let (ours, theirs) = Channel::pair().unwrap();
+    let encoder = Encoder {
+        video,
+        audio,
+        control: theirs,
+        video_memfd: v.memfd.try_clone().unwrap(),
+        video_bell: v.doorbell.try_clone().unwrap(),
+    };
+    let fds = vec![
+        v.memfd,
+        v.doorbell,
+        a.memfd,
+        a.doorbell,
+        OwnedFd::from(ours),
+    ];
+    (encoder, fds)
+}
+
+impl Encoder {
+    fn push_video(&mut self, au: &[u8], flags: u32, captured: u64) {
+        let mut timestamps = [0; 4];
+        timestamps[TS_CAPTURED] = captured;
+        let meta = RecordMeta {
+            seq: 0,
+            flags: flags | FLAG_END_OF_FRAME,
+            timestamps,
+        };
+        assert!(matches!(
+            self.video.push(&meta, au).unwrap(),
+            PushOutcome::Written { .. }
+        ));
+    }
+
+    fn push_audio(&mut self, opus: &[u8]) {
+        assert!(matches!(
+            self.audio.push(&RecordMeta::default(), opus).unwrap(),
+            PushOutcome::Written { .. }
+        ));
+    }
+
+    fn expect_idr(&mut self) {
+        let got = self
+            .control
+            .recv_timeout::<EncoderControl>(WAIT)
+            .expect("an IDR request");
+        assert_eq!(got.msg, EncoderControl::RequestIdr);
+    }
+
+    fn no_message(&mut self) {
+        assert!(self.control.try_recv::<EncoderControl>().unwrap().is_none());
+    }
+}
+
+fn client() -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    // Room for a whole multi-block frame should the reader fall behind (capped by rmem_max).
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 4 << 20);
+    socket
+}
+
+fn ping(client: &UdpSocket, to: SocketAddr, counter: u32) {
+    let mut datagram = [0u8; 20];
+    datagram[..16].copy_from_slice(&PAYLOAD);
+    datagram[16..].copy_from_slice(&counter.to_be_bytes());
+    client.send_to(&datagram, to).unwrap();
+}
+
+fn wait_for(
+    streams: &MediaStreams,
+    what: &str,
+    cond: impl Fn(&StreamStats) -> bool,
+) -> StreamStats {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = streams.stats();
+        if cond(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// One frame as the client reassembles it (no loss: data shards in order).
+#[derive(Debug)]
+struct Frame {
+    index: u32,
+    timestamp: u32,
+    frame_type: u8,
+    /// Header and access unit and zero padding.
+    payload: Vec<u8>,
+    seqs: Vec<u16>,
+}
+
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Reads datagrams until the last shard of the last block of a frame.
+fn recv_frame(client: &UdpSocket) -> Frame {
+    let mut buf = vec![0u8; 65536];
+    let mut frame: Option<Frame> = None;
+    loop {
+        let n = client.recv(&mut buf).expect("a video datagram");
+        let d = &buf[..n];
+        assert_eq!(n, PACKET_SIZE + 16, "every datagram is full size");
+        assert_eq!(d[0], 0x90);
+        let seq = u16::from_be_bytes([d[2], d[3]]);
+        let timestamp = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
+        let index = le32(&d[20..]);
+        let blocks = d[27];
+        let (block, last) = ((blocks >> 4) & 3, blocks >> 6);
+        let fec = le32(&d[28..]);
+        let data_shards = fec >> 22;
+        let shard = (fec >> 12) & 0x3ff;
+        let pct = (fec >> 4) & 0xff;
+        let parity = (data_shards * pct).div_ceil(100);
+        let f = frame.get_or_insert_with(|| Frame {
+            index,
+            timestamp,
+            frame_type: 0,
+            payload: Vec::new(),
+            seqs: Vec::new(),
+        });
+        assert_eq!(
+            f.index, index,
+            "a datagram of another frame before this one ended"
+        );
+        assert_eq!(f.timestamp, timestamp);
+        f.seqs.push(seq);
+        if shard < data_shards {
+            f.payload.extend_from_slice(&d[32..]);
+        }
+        if block == last && shard + 1 == data_shards + parity {
+            f.frame_type = f.payload[3];
+            return frame.unwrap();
+        }
+    }
+}
+
+/// Checks the reassembled payload is the frame header, `au` and zero padding.
+fn assert_carries(frame: &Frame, au: &[u8]) {
+    assert_eq!(frame.payload[0], 0x01);
+    assert_eq!(&frame.payload[8..8 + au.len()], au, "frame {}", frame.index);
+    assert!(frame.payload[8 + au.len()..].iter().all(|&b| b == 0));
+}
+
+fn au(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn assert_seqs_continue(frames: &[Frame], mut next: u16) {
+    for f in frames {
+        for &s in &f.seqs {
+            assert_eq!(s, next, "RTP seq continuity in frame {}", f.index);
+            next = next.wrapping_add(1);
+        }
+    }
+}
+
+#[test]
+fn video_waits_for_ping_and_keyframe_then_sends_frames_in_order() {
+    let rig = start();
+    let (mut enc, fds) = rings(1);
+    rig.streams.attach_rings(1, fds).unwrap();
+    enc.expect_idr();
+    // Before the client pings, frames go nowhere.
+    enc.push_video(&au(500, 1), FLAG_KEYFRAME, 1);
+    wait_for(&rig.streams, "the frame before the ping", |s| {
+        s.video_frames_skipped == 1
+    });
+
+    let client = client();
+    ping(&client, rig.video, 1);
+    let stats = wait_for(&rig.streams, "the ping", |s| s.video_client.is_some());
+    assert_eq!(stats.video_client, Some(client.local_addr().unwrap()));
+    // The first client asks for an IDR; a P-frame before it is not sent.
+    enc.expect_idr();
+    enc.push_video(&au(700, 2), 0, 2);
+    wait_for(&rig.streams, "the P-frame before the IDR", |s| {
+        s.video_frames_skipped == 2
+    });
+
+    let base = monotonic_ns();
+    let aus = [
+        (au(30_000, 3), FLAG_KEYFRAME),
+        (au(1, 4), 0),
+        // Two FEC blocks (more than 212 data shards at 20 %).
+        (au(250_000, 5), 0),
+        (au(4_000, 6), 0),
+    ];
+    for (i, (bytes, flags)) in aus.iter().enumerate() {
+        enc.push_video(bytes, *flags, base + i as u64 * 16_666_667);
+    }
+    let frames: Vec<Frame> = (0..aus.len()).map(|_| recv_frame(&client)).collect();
+    for (i, (frame, (bytes, flags))) in frames.iter().zip(&aus).enumerate() {
+        assert_eq!(frame.index, i as u32 + 1, "frameIndex counts from 1");
+        assert_eq!(frame.frame_type, if *flags != 0 { 2 } else { 1 });
+        assert_eq!(frame.timestamp, rtp_90khz(base + i as u64 * 16_666_667));
+        assert_carries(frame, bytes);
+    }
+    assert_seqs_continue(&frames, 0);
+    let stats = rig.streams.stats();
+    assert_eq!(stats.video_frames, 4);
+    assert_eq!(
+        stats.video_datagrams,
+        frames.iter().map(|f| f.seqs.len() as u64).sum::<u64>()
+    );
+    assert_eq!(
+        stats.video_bytes,
+        stats.video_datagrams * (PACKET_SIZE as u64 + 16)
+    );
+    assert_eq!(stats.generation, Some(1));
+    assert_eq!(stats.ring_errors, 0);
+
+    let t = Instant::now();
+    rig.streams.stop();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "stop took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_discontinuity_waits_for_the_next_keyframe_and_new_rings_replace_old_ones() {
+    let rig = start();
+    let client = client();
+    ping(&client, rig.video, 1);
+    wait_for(&rig.streams, "the ping", |s| s.video_client.is_some());
+    // No rings yet: nothing to ask, and not an error.
+    rig.streams.request_idr().unwrap();
+
+    let (mut enc, fds) = rings(1);
+    rig.streams.attach_rings(1, fds).unwrap();
+    enc.expect_idr();
+    enc.push_video(&au(100, 1), FLAG_KEYFRAME, 10);
+    let first = recv_frame(&client);
+    assert_eq!((first.index, first.frame_type), (1, 2));
+
+    // A record marked as following dropped records: skipped, and an IDR asked for at once.
+    enc.push_video(&au(100, 2), FLAG_DISCONTINUITY, 20);
+    enc.expect_idr();
+    wait_for(&rig.streams, "the skipped frame", |s| {
+        s.video_discontinuities == 1 && s.video_frames_skipped == 1
+    });
+    enc.push_video(&au(100, 3), FLAG_KEYFRAME, 30);
+    let second = recv_frame(&client);
+    assert_eq!((second.index, second.frame_type), (2, 2));
+    assert_carries(&second, &au(100, 3));
+
+    // Requests on demand go to the current encoder.
+    rig.streams.request_idr().unwrap();
+    enc.expect_idr();
+
+    // A second generation: the old rings are dropped, the new control channel gets the IDR
+    // request, and the stream goes on where it was.
+    let (mut enc2, fds) = rings(2);
+    rig.streams.attach_rings(2, fds).unwrap();
+    enc2.expect_idr();
+    wait_for(&rig.streams, "generation 2", |s| s.generation == Some(2));
+    // Give the video thread a moment to take the new ring before the old one is written.
+    std::thread::sleep(POLL_INTERVAL * 3);
+    enc.push_video(&au(100, 4), FLAG_KEYFRAME, 40);
+    enc2.push_video(&au(2_000, 5), FLAG_KEYFRAME, 50);
+    let third = recv_frame(&client);
+    assert_eq!((third.index, third.frame_type), (3, 2));
+    assert_carries(&third, &au(2_000, 5));
+    assert_seqs_continue(&[first, second, third], 0);
+    enc2.push_video(&au(300, 6), 0, 60);
+    assert_eq!(recv_frame(&client).index, 4);
+
+    // Older or equal generations, a wrong fd count or wrong fd kinds are refused.
+    let (_enc3, fds) = rings(2);
+    assert!(matches!(
+        rig.streams.attach_rings(2, fds),
+        Err(StreamError::StaleGeneration {
+            generation: 2,
+            current: 2
+        })
+    ));
+    let (_enc4, mut fds) = rings(3);
+    fds.pop();
+    assert!(matches!(
+        rig.streams.attach_rings(3, fds),
+        Err(StreamError::FdCount(4))
+    ));
+    let (_enc5, mut fds) = rings(3);
+    fds.swap(0, 1);
+    assert!(matches!(
+        rig.streams.attach_rings(3, fds),
+        Err(StreamError::Ring { which: "video", .. })
+    ));
+    let (_enc6, mut fds) = rings(3);
+    fds.swap(3, 4);
+    assert!(rig.streams.attach_rings(3, fds).is_err());
+    let stats = rig.streams.stats();
+    assert_eq!(stats.generation, Some(2));
+    assert_eq!(stats.video_frames, 4);
+    enc2.no_message();
+    rig.streams.stop();
+}
+
+#[test]
+fn a_corrupt_ring_is_dropped_and_counted_and_new_rings_work() {
+    let rig = start();
+    let client = client();
+    ping(&client, rig.video, 1);
+    wait_for(&rig.streams, "the ping", |s| s.video_client.is_some());
+    let (mut enc, fds) = rings(1);
+    rig.streams.attach_rings(1, fds).unwrap();
+    enc.expect_idr();
+    enc.push_video(&au(100, 1), FLAG_KEYFRAME, 1);
+    assert_eq!(recv_frame(&client).index, 1);
+
+    // A hostile producer: the write index (header offset 64) far past the capacity.
+    rustix::io::pwrite(&enc.video_memfd, &(1u64 << 40).to_le_bytes(), 64).unwrap();
+    rustix::io::write(&enc.video_bell, &1u64.to_ne_bytes()).unwrap();
+    let stats = wait_for(&rig.streams, "the ring error", |s| s.ring_errors == 1);
+    assert_eq!(stats.video_frames, 1);
+
+    let (mut enc2, fds) = rings(2);
+    rig.streams.attach_rings(2, fds).unwrap();
+    enc2.expect_idr();
+    enc2.push_video(&au(5_000, 2), FLAG_KEYFRAME, 2);
+    let frame = recv_frame(&client);
+    assert_eq!(frame.index, 2);
+    assert_carries(&frame, &au(5_000, 2));
+    rig.streams.stop();
+}
+
+fn recv_audio(client: &UdpSocket) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    let n = client.recv(&mut buf).expect("an audio datagram");
+    buf[..n].to_vec()
+}
+
+#[test]
+fn audio_goes_to_the_pinging_client_with_fec_and_follows_a_roaming_client() {
+    let rig = start();
+    let (mut enc, fds) = rings(1);
+    rig.streams.attach_rings(1, fds).unwrap();
+    enc.expect_idr();
+    enc.push_audio(&[7; 60]);
+    wait_for(&rig.streams, "the packet before the ping", |s| {
+        s.audio_packets_skipped == 1
+    });
+
+    let first = client();
+    ping(&first, rig.audio, 1);
+    wait_for(&rig.streams, "the audio ping", |s| s.audio_client.is_some());
+    let packets: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 60]).collect();
+    for p in &packets {
+        enc.push_audio(p);
+    }
+    for block in 0..2u16 {
+        for i in 0..4u16 {
+            let seq = block * 4 + i;
+            let d = recv_audio(&first);
+            assert_eq!(&d[..2], &[0x80, 0x61]);
+            assert_eq!(u16::from_be_bytes([d[2], d[3]]), seq);
+            assert_eq!(
+                u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
+                u32::from(seq) * 5
+            );
+            assert_eq!(&d[12..], &packets[usize::from(seq)][..]);
+        }
+        for j in 0..2u8 {
+            let d = recv_audio(&first);
+            assert_eq!(&d[..2], &[0x80, 0x7f]);
+            assert_eq!(d[12], j);
+            assert_eq!(u16::from_be_bytes([d[14], d[15]]), block * 4);
+            assert_eq!(d.len(), 24 + 60);
+        }
+    }
+    let stats = rig.streams.stats();
+    assert_eq!((stats.audio_packets, stats.audio_datagrams), (8, 12));
+
+    // The client moves (a new port, counter still going up): audio follows.
+    let second = client();
+    ping(&second, rig.audio, 2);
+    wait_for(&rig.streams, "the move", |s| {
+        s.audio_client == Some(second.local_addr().unwrap())
+    });
+    // A replayed older ping from elsewhere does not take the stream away.
+    ping(&first, rig.audio, 1);
+    wait_for(&rig.streams, "the replayed ping", |s| s.audio_pings == 3);
+    enc.push_audio(&[9; 60]);
+    let d = recv_audio(&second);
+    assert_eq!(u16::from_be_bytes([d[2], d[3]]), 8);
+    assert_eq!(&d[12..], &[9; 60]);
+    assert_eq!(
+        rig.streams.stats().audio_client,
+        Some(second.local_addr().unwrap())
+    );
+    // Video is unaffected by audio pings.
+    assert_eq!(rig.streams.stats().video_client, None);
+    rig.streams.stop();
+}
+
+#[test]
+fn pings_are_matched_by_payload_and_length() {
+    let p = &PAYLOAD;
+    let mut ok = [0u8; 20];
+    ok[..16].copy_from_slice(p);
+    ok[16..].copy_from_slice(&7u32.to_be_bytes());
+    assert_eq!(parse_ping(&ok, 20, p), Some(Ping::Payload(7)));
+    // The full length counts, not what fit the buffer.
+    assert_eq!(parse_ping(&ok, 21, p), None);
+    assert_eq!(parse_ping(&ok[..19], 19, p), None);
+    let mut other = ok;
+    other[0] ^= 1;
+    assert_eq!(parse_ping(&other, 20, p), None);
+    assert_eq!(parse_ping(b"PING", 4, p), Some(Ping::Legacy));
+    assert_eq!(parse_ping(b"PONG", 4, p), None);
+
+    let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+    let b: SocketAddr = "10.0.0.2:6000".parse().unwrap();
+    let mapped: SocketAddr = "[::ffff:10.0.0.1]:5000".parse().unwrap();
+    let payload_ping = |n: u32| {
+        let mut d = ok;
+        d[16..].copy_from_slice(&n.to_be_bytes());
+        d
+    };
+    // Legacy pings count until a payload ping has been seen.
+    let mut t = ClientTracker::new(PAYLOAD);
+    assert_eq!(t.offer(b"PING", 4, b), (true, Some(b)));
+    assert_eq!(t.offer(&payload_ping(3), 20, mapped), (true, Some(a)));
+    assert_eq!(t.offer(b"PING", 4, b), (true, None));
+    assert_eq!(t.offer(&payload_ping(3), 20, b), (true, None));
+    assert_eq!(t.offer(&payload_ping(4), 20, b), (true, Some(b)));
+    assert_eq!(t.offer(&payload_ping(4), 20, b), (true, None));
+    assert_eq!(t.offer(b"junk", 4, a), (false, None));
+}
+
+#[test]
+fn start_refuses_what_is_not_a_udp_socket_and_zero_fps() {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = |video: OwnedFd, fps| MediaConfig {
+        video_socket: video,
+        audio_socket: udp.try_clone().unwrap().into(),
+        ping_payload: PAYLOAD,
+        video: video_config(),
+        audio: AudioStreamConfig {
+            packet_duration_ms: 5,
+            encryption: None,
+        },
+        fps,
+    };
+    assert!(matches!(
+        MediaStreams::start(config(tcp.into(), 60)),
+        Err(StreamError::Socket { which: "video", .. })
+    ));
+    assert!(matches!(
+        MediaStreams::start(config(udp.try_clone().unwrap().into(), 0)),
+        Err(StreamError::Fps)
+    ));
+    let mut bad = config(udp.try_clone().unwrap().into(), 60);
+    bad.video.packet_size = 8;
+    assert!(matches!(
+        MediaStreams::start(bad),
+        Err(StreamError::Video(_))
+    ));
+    let t = Instant::now();
+    MediaStreams::start(config(udp.try_clone().unwrap().into(), 60))
+        .unwrap()
+        .stop();
+    assert!(t.elapsed() < Duration::from_millis(500));
+}
+
+#[test]
+fn rtp_timestamps_are_90khz() {
+    assert_eq!(rtp_90khz(0), 0);
+    assert_eq!(rtp_90khz(1_000_000_000), 90_000);
+    assert_eq!(rtp_90khz(11_111), 0);
+    assert_eq!(rtp_90khz(11_112), 1);
+    // Wraps like an RTP timestamp, never overflows.
+    assert_eq!(
+        rtp_90khz(u64::MAX),
+        (u128::from(u64::MAX) * 90_000 / 1_000_000_000) as u32
+    );
+}
