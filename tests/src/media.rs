@@ -26,6 +26,55 @@ impl Recording {
     }
 }
 
+/// The session a test records.
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    pub seconds: u32,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+    /// `h264`, `hevc` or `av1`.
+    pub codec: &'static str,
+    /// `stereo`, `5.1` or `7.1`.
+    pub audio: &'static str,
+}
+
+impl Default for Session {
+    /// Three seconds of 640x360@30 H.264 at 2 Mbit/s with stereo sound: small enough to stay
+    /// real-time on two shared cores.
+    fn default() -> Session {
+        Session {
+            seconds: 3,
+            width: 640,
+            height: 360,
+            fps: 30,
+            bitrate_kbps: 2000,
+            codec: "h264",
+            audio: "stereo",
+        }
+    }
+}
+
+/// Runs `lumen-broker record` for `session` into `dir`.
+pub fn record_session(broker: &Broker, dir: &Path, session: &Session) -> Result<Recording> {
+    let numbers = [
+        ("--seconds", session.seconds),
+        ("--width", session.width),
+        ("--height", session.height),
+        ("--fps", session.fps),
+        ("--bitrate", session.bitrate_kbps),
+    ]
+    .map(|(flag, value)| (flag, value.to_string()));
+    let mut args: Vec<&str> = Vec::new();
+    for (flag, value) in &numbers {
+        args.push(flag);
+        args.push(value);
+    }
+    args.extend(["--codec", session.codec, "--audio", session.audio]);
+    record(broker, dir, &args)
+}
+
 /// Runs `lumen-broker record` against `broker` and returns the broker's reply.
 pub fn record(broker: &Broker, dir: &Path, args: &[&str]) -> Result<Recording> {
     let mut full = vec!["record", "--out"];

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use lumen_tests::media::{
-    decode_audio, decode_luma, frame_codes, frame_times, record, tone_frequency,
+    decode_audio, decode_luma, frame_codes, frame_times, record_session, tone_frequency, Session,
 };
 use lumen_tests::{signal, worker, Broker, ScratchDir};
 
@@ -106,23 +106,13 @@ fn check_video(
 fn the_test_pattern_streams_as_h264_with_every_frame_accounted_for() -> Result<()> {
     let broker = Broker::start("media-h264")?;
     let out = ScratchDir::new("rec-h264")?;
-    let rec = record(
+    let rec = record_session(
         &broker,
         out.path(),
-        &[
-            "--seconds",
-            "3",
-            "--width",
-            "640",
-            "--height",
-            "360",
-            "--fps",
-            "30",
-            "--bitrate",
-            "1000",
-            "--codec",
-            "h264",
-        ],
+        &Session {
+            bitrate_kbps: 1000,
+            ..Session::default()
+        },
     )?;
     let frames = check_video(&rec, "h264", 640, 360, 30)?;
     // Three seconds at 30 fps, less the session's start-up.
@@ -167,25 +157,14 @@ fn the_test_pattern_streams_as_h264_with_every_frame_accounted_for() -> Result<(
 fn the_test_pattern_streams_as_hevc_with_surround_audio() -> Result<()> {
     let broker = Broker::start("media-hevc")?;
     let out = ScratchDir::new("rec-hevc")?;
-    let rec = record(
+    let rec = record_session(
         &broker,
         out.path(),
-        &[
-            "--seconds",
-            "3",
-            "--width",
-            "640",
-            "--height",
-            "360",
-            "--fps",
-            "30",
-            "--bitrate",
-            "2000",
-            "--codec",
-            "hevc",
-            "--audio",
-            "5.1",
-        ],
+        &Session {
+            codec: "hevc",
+            audio: "5.1",
+            ..Session::default()
+        },
     )?;
     // x265 is the slowest encoder here: 640x360 keeps it real-time on two shared cores.
     let frames = check_video(&rec, "hevc", 640, 360, 30)?;
@@ -218,21 +197,13 @@ fn a_killed_encoder_is_replaced_mid_session_and_restarts_with_an_idr() -> Result
             signal(pid as u32, libc::SIGKILL)
         })
     };
-    let rec = record(
+    let rec = record_session(
         &broker,
         out.path(),
-        &[
-            "--seconds",
-            "4",
-            "--width",
-            "640",
-            "--height",
-            "360",
-            "--fps",
-            "30",
-            "--codec",
-            "h264",
-        ],
+        &Session {
+            seconds: 4,
+            ..Session::default()
+        },
     )?;
     killer.join().expect("killer thread")?;
     let summary = rec.summary();

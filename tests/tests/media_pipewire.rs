@@ -3,7 +3,9 @@
 //! configured for PipeWire, and `lumen-broker record` checked by decoding the result.
 
 use anyhow::{ensure, Context, Result};
-use lumen_tests::media::{decode_audio, decode_luma, frame_times, record, tone_frequency};
+use lumen_tests::media::{
+    decode_audio, decode_luma, frame_times, record_session, tone_frequency, Session,
+};
 use lumen_tests::pipewire_env::{AudioSource, PipeWireEnv, VideoSource};
 use lumen_tests::{Broker, ScratchDir};
 
@@ -32,23 +34,18 @@ fn a_real_pipewire_node_is_captured_encoded_and_decodes() -> Result<()> {
     );
     let broker = Broker::start_with_config("media-pipewire", &config)?;
     let out = ScratchDir::new("rec-pipewire")?;
-    let rec = record(
+    let rec = record_session(
         &broker,
         out.path(),
-        &[
-            "--seconds",
-            "3",
-            "--width",
-            "640",
-            "--height",
-            "360",
-            "--fps",
-            "30",
-            "--bitrate",
-            "2000",
-            "--codec",
-            "h264",
-        ],
+        &Session {
+            seconds: 3,
+            width: 640,
+            height: 360,
+            fps: 30,
+            bitrate_kbps: 2000,
+            codec: "h264",
+            ..Session::default()
+        },
     )
     .with_context(|| pipewire.log("pipewire"))?;
     let session = &rec.reply["session"];
@@ -116,20 +113,14 @@ fn a_missing_pipewire_node_is_a_clear_error_not_a_crash_loop() -> Result<()> {
     );
     let broker = Broker::start_with_config("media-pipewire-missing", &config)?;
     let out = ScratchDir::new("rec-pipewire-missing")?;
-    let rec = record(
+    // Capture gives a node 10 s to deliver a first buffer (capture-proc/src/pipewire).
+    let rec = record_session(
         &broker,
         out.path(),
-        // Capture gives a node 10 s to deliver a first buffer (capture-proc/src/pipewire).
-        &[
-            "--seconds",
-            "12",
-            "--width",
-            "640",
-            "--height",
-            "360",
-            "--fps",
-            "30",
-        ],
+        &Session {
+            seconds: 12,
+            ..Session::default()
+        },
     )?;
     let capture = &rec.reply["session"]["capture"];
     ensure!(

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use lumen_tests::media::{decode_luma, frame_times, record, Recording};
+use lumen_tests::media::{decode_luma, frame_times, record_session, Recording, Session};
 use lumen_tests::pipewire_env::PipeWireEnv;
 use lumen_tests::portal_env::{Answer, PortalEnv, ScreenSpec, SharedNode, TestScreen};
 use lumen_tests::{signal, worker, Broker, ScratchDir};
@@ -73,23 +73,15 @@ fn start_broker(
     )
 }
 
-const RECORD_ARGS: &[&str] = &[
-    "--width",
-    "640",
-    "--height",
-    "360",
-    "--fps",
-    "30",
-    "--bitrate",
-    "2000",
-    "--codec",
-    "h264",
-];
-
-fn record_for(broker: &Broker, dir: &ScratchDir, seconds: &str) -> Result<Recording> {
-    let mut args = vec!["--seconds", seconds];
-    args.extend_from_slice(RECORD_ARGS);
-    record(broker, dir.path(), &args)
+fn record_for(broker: &Broker, dir: &ScratchDir, seconds: u32) -> Result<Recording> {
+    record_session(
+        broker,
+        dir.path(),
+        &Session {
+            seconds,
+            ..Session::default()
+        },
+    )
 }
 
 /// The recording decodes and shows the node's colour.
@@ -132,7 +124,7 @@ fn the_portal_screen_is_recorded_and_a_capture_restart_reuses_the_session() -> R
         signal(capture_pid, libc::SIGKILL)
     });
     let out = ScratchDir::new("rec-portal")?;
-    let rec = record_for(&broker, &out, "6").with_context(|| portal.logs())?;
+    let rec = record_for(&broker, &out, 6).with_context(|| portal.logs())?;
     killer.join().expect("killer thread")?;
 
     let session = &rec.reply["session"];
@@ -172,7 +164,7 @@ fn the_portal_screen_is_recorded_and_a_capture_restart_reuses_the_session() -> R
 
     // A second recording on the same broker needs no new portal session either.
     let again = ScratchDir::new("rec-portal-again")?;
-    let rec = record_for(&broker, &again, "2")?;
+    let rec = record_for(&broker, &again, 2)?;
     check_picture(&rec, 30)?;
     ensure!(portal.counts().create_session == 1, "{:?}", portal.counts());
     Ok(())
@@ -192,13 +184,13 @@ fn a_restore_token_spares_the_prompt_after_a_broker_restart() -> Result<()> {
     {
         let broker = start_broker("portal-first", &pipewire, &portal, &extra)?;
         let out = ScratchDir::new("rec-portal-first")?;
-        check_picture(&record_for(&broker, &out, "2")?, 30)?;
+        check_picture(&record_for(&broker, &out, 2)?, 30)?;
     }
     let token = std::fs::read_to_string(&token_file).context("the restore token was saved")?;
     ensure!(token.trim().len() == 36, "a UUID token: {token:?}");
     let broker = start_broker("portal-second", &pipewire, &portal, &extra)?;
     let out = ScratchDir::new("rec-portal-second")?;
-    check_picture(&record_for(&broker, &out, "2")?, 30)?;
+    check_picture(&record_for(&broker, &out, 2)?, 30)?;
     let counts = portal.counts();
     ensure!(
         counts.create_session == 2 && counts.prompts == 1 && counts.restored == 1,
@@ -225,7 +217,7 @@ fn a_refused_or_empty_portal_is_a_clear_error_and_the_broker_stays_up() -> Resul
     ] {
         portal.set_answer(answer);
         let started = Instant::now();
-        let err = match record_for(&broker, &out, "2") {
+        let err = match record_for(&broker, &out, 2) {
             Ok(rec) => anyhow::bail!("{answer:?}: recorded anyway: {}", rec.reply),
             Err(e) => format!("{e:#}"),
         };
@@ -247,7 +239,7 @@ fn a_refused_or_empty_portal_is_a_clear_error_and_the_broker_stays_up() -> Resul
     }
     // Sharing again works on the same broker: nothing is stuck.
     portal.set_answer(Answer::Share);
-    check_picture(&record_for(&broker, &out, "2")?, 30)?;
+    check_picture(&record_for(&broker, &out, 2)?, 30)?;
     ensure!(
         lumen_tests::all_workers_running(&broker.status()?),
         "no worker crash-looped"
@@ -269,7 +261,7 @@ fn a_session_the_desktop_closed_is_reopened_without_a_prompt() -> Result<()> {
         .context("capture pid")?;
     let out = ScratchDir::new("rec-portal-closed")?;
     let rec = std::thread::scope(|scope| {
-        let recording = scope.spawn(|| record_for(&broker, &out, "5"));
+        let recording = scope.spawn(|| record_for(&broker, &out, 5));
         // The desktop ends the session mid-recording (the running capture keeps its stream);
         // the next capture start must open a new one.
         std::thread::sleep(Duration::from_millis(1500));
@@ -365,7 +357,7 @@ fn no_screencast_portal_is_a_clear_error() -> Result<()> {
         &[("DBUS_SESSION_BUS_ADDRESS", address.as_str())],
     )?;
     let out = ScratchDir::new("rec-portal-none")?;
-    let err = match record_for(&broker, &out, "2") {
+    let err = match record_for(&broker, &out, 2) {
         Ok(rec) => anyhow::bail!("recorded without a portal: {}", rec.reply),
         Err(e) => format!("{e:#}"),
     };

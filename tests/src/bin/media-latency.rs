@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use lumen_tests::media::{frame_times, record};
+use lumen_tests::media::{frame_times, record_session, Session};
 use lumen_tests::{Broker, ScratchDir};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -93,23 +93,18 @@ fn main() -> Result<()> {
     )?;
     for (width, height, bitrate) in [(1280u32, 720u32, 10_000u32), (1920, 1080, 20_000)] {
         let dir = ScratchDir::new("latency")?;
-        let rec = record(
+        let rec = record_session(
             &broker,
             dir.path(),
-            &[
-                "--seconds",
-                &seconds.to_string(),
-                "--width",
-                &width.to_string(),
-                "--height",
-                &height.to_string(),
-                "--fps",
-                "60",
-                "--bitrate",
-                &bitrate.to_string(),
-                "--codec",
-                "h264",
-            ],
+            &Session {
+                seconds,
+                width,
+                height,
+                fps: 60,
+                bitrate_kbps: bitrate,
+                codec: "h264",
+                audio: "stereo",
+            },
         )?;
         let times: Vec<_> = frame_times(&rec.dir)?
             .into_iter()
