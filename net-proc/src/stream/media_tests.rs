@@ -10,6 +10,10 @@ use lumen_ipc::ring::{
     FLAG_END_OF_FRAME, FLAG_KEYFRAME, TS_CAPTURED,
 };
 
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use lumen_core::audio_packetizer::AudioEncryption;
+use lumen_core::video_packetizer::VideoEncryption;
+
 use super::super::video::rtp_90khz;
 use super::*;
 
@@ -36,6 +40,10 @@ struct Rig {
 }
 
 fn start() -> Rig {
+    start_with(video_config(), None)
+}
+
+fn start_with(video_config: VideoStreamConfig, audio_key: Option<AudioEncryption>) -> Rig {
     let video = UdpSocket::bind("127.0.0.1:0").unwrap();
     let audio = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (video_addr, audio_addr) = (video.local_addr().unwrap(), audio.local_addr().unwrap());
@@ -43,10 +51,10 @@ fn start() -> Rig {
         video_socket: video.into(),
         audio_socket: audio.into(),
         ping_payload: PAYLOAD,
-        video: video_config(),
+        video: video_config,
         audio: AudioStreamConfig {
             packet_duration_ms: 5,
-            encryption: None,
+            encryption: audio_key,
         },
         fps: 60,
     })
@@ -184,25 +192,55 @@ fn le32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// Where a frame ends, from one plaintext datagram's headers: (seq, timestamp, frameIndex,
+/// data shard?, last datagram of the frame?).
+fn shard_info(d: &[u8]) -> (u16, u32, u32, bool, bool) {
+    assert_eq!(d.len(), PACKET_SIZE + 16, "every datagram is full size");
+    assert_eq!(d[0], 0x90);
+    let seq = u16::from_be_bytes([d[2], d[3]]);
+    let timestamp = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
+    let index = le32(&d[20..]);
+    let blocks = d[27];
+    let (block, last) = ((blocks >> 4) & 3, blocks >> 6);
+    let fec = le32(&d[28..]);
+    let data_shards = fec >> 22;
+    let shard = (fec >> 12) & 0x3ff;
+    let pct = (fec >> 4) & 0xff;
+    let parity = (data_shards * pct).div_ceil(100);
+    let end = block == last && shard + 1 == data_shards + parity;
+    (seq, timestamp, index, shard < data_shards, end)
+}
+
 /// Reads datagrams until the last shard of the last block of a frame.
 fn recv_frame(client: &UdpSocket) -> Frame {
+    recv_frame_with(client, None)
+}
+
+/// [`recv_frame`] for a stream encrypted with `key` (§6.6): checks the prefix and opens each
+/// datagram; `iv` is the IV counter the next datagram must carry.
+fn recv_frame_with(client: &UdpSocket, mut key: Option<(&LessSafeKey, &mut u64)>) -> Frame {
     let mut buf = vec![0u8; 65536];
     let mut frame: Option<Frame> = None;
     loop {
         let n = client.recv(&mut buf).expect("a video datagram");
-        let d = &buf[..n];
-        assert_eq!(n, PACKET_SIZE + 16, "every datagram is full size");
-        assert_eq!(d[0], 0x90);
-        let seq = u16::from_be_bytes([d[2], d[3]]);
-        let timestamp = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
-        let index = le32(&d[20..]);
-        let blocks = d[27];
-        let (block, last) = ((blocks >> 4) & 3, blocks >> 6);
-        let fec = le32(&d[28..]);
-        let data_shards = fec >> 22;
-        let shard = (fec >> 12) & 0x3ff;
-        let pct = (fec >> 4) & 0xff;
-        let parity = (data_shards * pct).div_ceil(100);
+        let d: &[u8] = match key.as_mut() {
+            None => &buf[..n],
+            Some((key, iv)) => {
+                assert_eq!(n, PACKET_SIZE + 16 + 32);
+                let (prefix, sealed) = buf[..n].split_at_mut(32);
+                assert_eq!(u64::from_le_bytes(prefix[..8].try_into().unwrap()), **iv);
+                assert_eq!(&prefix[8..12], b"\0\0\0V");
+                **iv += 1;
+                let nonce = Nonce::try_assume_unique_for_key(&prefix[..12]).unwrap();
+                let clear_index = le32(&prefix[12..]);
+                let plain = key
+                    .open_in_place_separate_tag(nonce, Aad::empty(), &prefix[16..32], sealed)
+                    .expect("the datagram opens with rikey");
+                assert_eq!(le32(&plain[20..]), clear_index, "frameIndex in clear");
+                plain
+            }
+        };
+        let (seq, timestamp, index, data, end) = shard_info(d);
         let f = frame.get_or_insert_with(|| Frame {
             index,
             timestamp,
@@ -216,10 +254,10 @@ fn recv_frame(client: &UdpSocket) -> Frame {
         );
         assert_eq!(f.timestamp, timestamp);
         f.seqs.push(seq);
-        if shard < data_shards {
+        if data {
             f.payload.extend_from_slice(&d[32..]);
         }
-        if block == last && shard + 1 == data_shards + parity {
+        if end {
             f.frame_type = f.payload[3];
             return frame.unwrap();
         }
@@ -668,4 +706,197 @@ fn the_senders_run_under_the_net_workers_seccomp_filter() {
     let _ = std::io::stdout().flush();
     // SAFETY: ends the child process at once, without destructors; nothing is left to flush.
     unsafe { libc::_exit(0) };
+}
+
+#[test]
+fn encrypted_video_and_audio_open_with_the_session_key() {
+    const KEY: [u8; 16] = *b"rikey rikey rike";
+    const RIKEYID: u32 = 0xffff_fffe;
+    let mut config = video_config();
+    config.encryption = Some(VideoEncryption {
+        key: KEY,
+        first_iv_counter: 0,
+    });
+    // ANNOUNCE's packetSize is already 32 smaller with encryption; the datagram size stays.
+    let rig = start_with(
+        config,
+        Some(AudioEncryption {
+            key: KEY,
+            rikeyid: RIKEYID,
+        }),
+    );
+    let (mut enc, fds) = rings(1);
+    rig.streams.attach_rings(1, fds).unwrap();
+    enc.expect_idr();
+    let client = client();
+    ping(&client, rig.video, 1);
+    ping(&client, rig.audio, 1);
+    wait_for(&rig.streams, "both pings", |s| {
+        s.video_client.is_some() && s.audio_client.is_some()
+    });
+    enc.expect_idr();
+
+    let gcm = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &KEY).unwrap());
+    let mut iv = 0u64;
+    let aus = [(au(40_000, 1), FLAG_KEYFRAME), (au(900, 2), 0)];
+    for (i, (bytes, flags)) in aus.iter().enumerate() {
+        enc.push_video(bytes, *flags, 1_000 + i as u64);
+    }
+    let frames: Vec<Frame> = aus
+        .iter()
+        .map(|_| recv_frame_with(&client, Some((&gcm, &mut iv))))
+        .collect();
+    for (i, (frame, (bytes, _))) in frames.iter().zip(&aus).enumerate() {
+        assert_eq!(frame.index, i as u32 + 1);
+        assert_carries(frame, bytes);
+    }
+    assert_seqs_continue(&frames, 0);
+
+    // Audio: AES-128-CBC with IV = BE32(rikeyid + seq), 12 zero bytes (§7.3).
+    use aws_lc_rs::cipher::{
+        DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey, AES_128,
+    };
+    let opus: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 57]).collect();
+    for p in &opus {
+        enc.push_audio(p);
+    }
+    for (seq, packet) in opus.iter().enumerate() {
+        let mut d = recv_audio(&client);
+        assert_eq!(u16::from_be_bytes([d[2], d[3]]), seq as u16);
+        assert_eq!(d.len(), 12 + 64, "57 bytes pad to 64");
+        let mut iv = [0u8; 16];
+        iv[..4].copy_from_slice(&RIKEYID.wrapping_add(seq as u32).to_be_bytes());
+        let key =
+            PaddedBlockDecryptingKey::cbc_pkcs7(UnboundCipherKey::new(&AES_128, &KEY).unwrap())
+                .unwrap();
+        let plain = key
+            .decrypt(&mut d[12..], DecryptionContext::Iv128(iv.into()))
+            .expect("the packet opens with rikey");
+        assert_eq!(plain, &packet[..]);
+    }
+    // The FEC datagrams protect the ciphertext, so they are as long as it.
+    for _ in 0..2 {
+        assert_eq!(recv_audio(&client).len(), 24 + 64);
+    }
+    rig.streams.stop();
+}
+
+/// Counts every allocation in this test binary (only the allocation test reads it).
+struct CountingAlloc;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `alloc`.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `ptr` came from this allocator, i.e. from `System`, with `layout`.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from this allocator, i.e. from `System`, with `layout`.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: CountingAlloc = CountingAlloc;
+
+const ALLOC_CHILD: &str = "LUMEN_MEDIA_ALLOC_CHILD";
+
+/// Reads one frame's datagrams into `buf` without allocating; returns its frameIndex.
+fn skip_frame(client: &UdpSocket, buf: &mut [u8]) -> u32 {
+    loop {
+        let n = client.recv(buf).expect("a video datagram");
+        let (_, _, index, _, end) = shard_info(&buf[..n]);
+        if end {
+            return index;
+        }
+    }
+}
+
+/// Once warm (largest frame seen), the senders allocate nothing per frame or packet: reading the
+/// ring, packetizing, pacing and sending video, packetizing and sending audio. Runs alone in a
+/// child process so that no other test's allocations are counted.
+#[test]
+fn no_allocation_per_frame_once_warm() {
+    const NAME: &str = "stream::media::tests::no_allocation_per_frame_once_warm";
+    if std::env::var_os(ALLOC_CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--test-threads=1", "--nocapture"])
+            .env(ALLOC_CHILD, "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "child failed ({:?}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let rig = start();
+    let (mut enc, fds) = rings(1);
+    rig.streams.attach_rings(1, fds).unwrap();
+    enc.expect_idr();
+    let client = client();
+    let audio_client = self::client();
+    ping(&client, rig.video, 1);
+    ping(&audio_client, rig.audio, 1);
+    wait_for(&rig.streams, "both pings", |s| {
+        s.video_client.is_some() && s.audio_client.is_some()
+    });
+    enc.expect_idr();
+    let big = au(300_000, 1);
+    let opus = [3u8; 100];
+    let mut buf = vec![0u8; 65536];
+    let sizes = [300_000, 1, 5_000, 100_000];
+    // Warm-up: the largest frame first, each frame shape once (the FEC encoders of each block
+    // shape are built on first use), some audio.
+    for (i, &len) in sizes.iter().enumerate() {
+        let flags = if i == 0 { FLAG_KEYFRAME } else { 0 };
+        enc.push_video(&big[..len], flags, i as u64);
+        assert_eq!(skip_frame(&client, &mut buf), i as u32 + 1);
+    }
+    for _ in 0..8 {
+        enc.push_audio(&opus);
+    }
+    wait_for(&rig.streams, "warm-up", |s| {
+        s.audio_packets == 8 && s.video_frames == 4
+    });
+
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for i in 4..44u32 {
+        let len = sizes[i as usize % 4];
+        enc.push_video(&big[..len], 0, u64::from(i));
+        enc.push_audio(&opus);
+        assert_eq!(skip_frame(&client, &mut buf), i + 1);
+    }
+    // Audio datagrams are not read: the kernel drops what does not fit the socket.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = rig.streams.stats();
+        if s.video_frames == 44 && s.audio_packets == 48 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "senders stalled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    assert_eq!(allocations, 0, "allocations while streaming 40 frames");
+    rig.streams.stop();
 }
