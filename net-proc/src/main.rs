@@ -1,14 +1,18 @@
 //! `lumen-net`: the only lumen process that faces the LAN. It takes the LAN sockets the broker
-//! bound and serves nvhttp (pairing, server info, the app list) on the HTTP and HTTPS ones; the
-//! streaming protocols (RTSP, control, video, audio) build on this in later steps.
+//! bound and serves nvhttp (pairing, server info, the app list, launch) on the HTTP and HTTPS
+//! ones, RTSP on the RTSP one, and streams: the ENet control stream, video and audio on the UDP
+//! ones (see [`stream`]).
 //!
 //! Everything that needs a secret (TLS signatures with the host key, pairing with the PIN) is a
 //! request to the broker through [`broker_link`].
 
 mod broker_link;
+mod control;
 mod nvhttp;
+mod rtsp_server;
 mod seccomp;
 mod sockets;
+mod stream;
 // Wired into the video and audio senders by the protocol work (issue 4).
 #[allow(dead_code)]
 mod udp_send;
@@ -21,6 +25,7 @@ use lumen_ipc::net_msg::NetIdentity;
 use broker_link::BrokerLink;
 use nvhttp::Nvhttp;
 use sockets::LanSockets;
+use stream::{Ports, StreamSockets, Streams};
 
 /// What the worker has been handed so far.
 struct Worker {
@@ -29,6 +34,7 @@ struct Worker {
     lan: Option<LanSockets>,
     identity: Option<NetIdentity>,
     nvhttp: Option<Nvhttp>,
+    streams: Option<Arc<Streams>>,
 }
 
 impl Worker {
@@ -55,8 +61,59 @@ impl Worker {
             "lumen-net: serving nvhttp on HTTP {} and HTTPS {}",
             nvhttp.host.http_port, nvhttp.host.https_port
         );
+        match self.start_streams(lan) {
+            Ok(streams) => {
+                nvhttp.host.set_streams(streams.clone());
+                self.streams = Some(streams);
+            }
+            // Pairing still works without the streaming sockets; launches are answered 503.
+            Err(e) => eprintln!("lumen-net: no streaming: {e}"),
+        }
         self.nvhttp = Some(nvhttp);
         Ok(())
+    }
+
+    /// RTSP and the stream sockets, when the broker handed them all over.
+    fn start_streams(&self, lan: &LanSockets) -> Result<Arc<Streams>, String> {
+        let take = |role: SocketRole| {
+            lan.dup(role)?
+                .ok_or_else(|| format!("NetSockets carries no {role:?} socket"))
+        };
+        let (rtsp, video, audio, control) = (
+            take(SocketRole::Rtsp)?,
+            take(SocketRole::Video)?,
+            take(SocketRole::Audio)?,
+            take(SocketRole::Control)?,
+        );
+        let port = |fd: &std::os::fd::OwnedFd, role: SocketRole| {
+            // Any socket's bound address reads the same through a UdpSocket view of a duplicate.
+            fd.try_clone()
+                .map(std::net::UdpSocket::from)
+                .and_then(|s| s.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| format!("the {role:?} socket's address: {e}"))
+        };
+        let ports = Ports {
+            rtsp: port(&rtsp, SocketRole::Rtsp)?,
+            video: port(&video, SocketRole::Video)?,
+            audio: port(&audio, SocketRole::Audio)?,
+            control: port(&control, SocketRole::Control)?,
+        };
+        let streams = Streams::start(
+            ports,
+            StreamSockets {
+                video,
+                audio,
+                control,
+            },
+            self.link.clone(),
+        )?;
+        rtsp_server::start(rtsp, streams.clone())?;
+        eprintln!(
+            "lumen-net: serving RTSP on {}, video {}, audio {}, control {}",
+            ports.rtsp, ports.video, ports.audio, ports.control
+        );
+        Ok(streams)
     }
 
     fn handle(&mut self, msg: BrokerMsg, fds: Vec<std::os::fd::OwnedFd>) -> Result<(), String> {
@@ -77,6 +134,13 @@ impl Worker {
                 self.identity = Some(update);
                 self.start_when_ready()
             }
+            BrokerMsg::StreamRings { generation } => match &self.streams {
+                Some(streams) => {
+                    streams.rings(generation, fds);
+                    Ok(())
+                }
+                None => Err("StreamRings without streaming".into()),
+            },
             BrokerMsg::NetReply { id, reply } if fds.is_empty() => {
                 if !self.link.complete(id, reply) {
                     // Its request timed out here already; the broker answers every request.
@@ -124,6 +188,7 @@ fn main() -> std::process::ExitCode {
             lan: None,
             identity: None,
             nvhttp: None,
+            streams: None,
         };
         move |msg, fds| worker.handle(msg, fds)
     })

@@ -3,6 +3,7 @@
 //! host key kept in the broker (see `tls.rs`). Requests, headers and connections are bounded, and
 //! slow clients time out.
 
+mod launch;
 mod pairing;
 mod query;
 pub mod server;
@@ -73,6 +74,8 @@ pub struct Host {
     identity: RwLock<Option<Arc<HostIdentity>>>,
     /// The certificate the TLS server presents (the one Moonlight pinned at pairing).
     cert: Arc<RwLock<Option<CertificateDer<'static>>>>,
+    /// The streaming side (`/launch`, `/resume`, `/cancel`, `currentgame`), once it runs.
+    streams: std::sync::OnceLock<Arc<crate::stream::Streams>>,
 }
 
 impl Host {
@@ -84,7 +87,17 @@ impl Host {
             link,
             identity: RwLock::new(None),
             cert: Arc::new(RwLock::new(None)),
+            streams: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands over the streaming side; the first one stays.
+    pub fn set_streams(&self, streams: Arc<crate::stream::Streams>) {
+        let _ = self.streams.set(streams);
+    }
+
+    pub fn streams(&self) -> Option<&Arc<crate::stream::Streams>> {
+        self.streams.get()
     }
 
     pub fn identity(&self) -> Option<Arc<HostIdentity>> {

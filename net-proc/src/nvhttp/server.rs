@@ -15,6 +15,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use lumen_ipc::net_msg::{NetReply, NetRequest, PairReply, PairStage};
 
+use super::launch;
 use super::pairing::{self, PairRequest};
 use super::query::Query;
 use super::xml::Xml;
@@ -38,8 +39,7 @@ const BOX_ART: &[u8] = include_bytes!("../../assets/box-art.png");
 const PIN_STAGE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Any other broker request.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
-const NOT_STREAMING: &str =
-    "streaming is not built into this lumen yet (RTSP and the media streams come in a later step)";
+const NOT_STREAMING: &str = "streaming has not started on this host yet (no LAN sockets for it)";
 
 /// Which listener a request came in on, and for HTTPS who the client is.
 #[derive(Clone, Copy, Debug)]
@@ -132,7 +132,9 @@ pub async fn route(
         ("/unpair", _) => unpair(host, &query).await,
         ("/applist", true) => applist(),
         ("/appasset", true) => return appasset(&query),
-        ("/launch" | "/resume" | "/cancel", true) => Xml::error(503, NOT_STREAMING),
+        ("/launch", true) => launch(host, conn, &query, false).await,
+        ("/resume", true) => launch(host, conn, &query, true).await,
+        ("/cancel", true) => cancel(host).await,
         (_, false) => return Reply::NotFound,
         (_, true) => Xml::error(404, "not found"),
     };
@@ -147,6 +149,12 @@ fn serverinfo(host: &Host, conn: Conn) -> Xml {
         );
     };
     let paired = matches!(conn.transport, Transport::Https { client: Some(_) });
+    let current_game = host.streams().map_or(0, |s| s.current_game());
+    let state = if current_game == 0 {
+        "SUNSHINE_SERVER_FREE"
+    } else {
+        "SUNSHINE_SERVER_BUSY"
+    };
     // Moonlight ignores 127.x; Sunshine reports 127.0.0.1 to IPv6 requests too.
     let local_ip = match conn.local {
         Some(SocketAddr::V4(addr)) => addr.ip().to_string(),
@@ -165,8 +173,48 @@ fn serverinfo(host: &Host, conn: Conn) -> Xml {
         .field("LocalIP", local_ip)
         .field("ServerCodecModeSupport", SERVER_CODEC_MODE_SUPPORT)
         .field("PairStatus", u8::from(paired))
-        .field("currentgame", 0)
-        .field("state", "SUNSHINE_SERVER_FREE")
+        .field("currentgame", current_game)
+        .field("state", state)
+}
+
+/// `/launch` and `/resume` (§2.5): both arm a fresh RTSP session with the client's keys (a
+/// resumed stream restarts capture and encode, which costs one IDR).
+async fn launch(host: &Host, conn: Conn, query: &Query, resume: bool) -> Xml {
+    let Some(streams) = host.streams() else {
+        return Xml::error(503, NOT_STREAMING);
+    };
+    let request = match launch::parse(query, resume) {
+        Ok(request) => request,
+        Err(why) => return Xml::error(400, &why),
+    };
+    if resume && streams.current_game() == 0 {
+        return Xml::error(503, "nothing is running to resume");
+    }
+    // The client dials the address it reached us on (Sunshine does the same).
+    let local = conn
+        .local
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+    match streams.launch(request, local).await {
+        Ok(url) => {
+            let xml = Xml::ok().field("sessionUrl0", url);
+            if resume {
+                xml.field("resume", 1)
+            } else {
+                xml.field("gamesession", 1)
+            }
+        }
+        Err(e) => {
+            eprintln!("lumen-net: launch: {e}");
+            Xml::error(500, "the stream could not be prepared")
+        }
+    }
+}
+
+async fn cancel(host: &Host) -> Xml {
+    if let Some(streams) = host.streams() {
+        streams.cancel().await;
+    }
+    Xml::ok().field("cancel", 1)
 }
 
 async fn pair(host: &Host, query: &Query, https: bool) -> Xml {
@@ -386,13 +434,17 @@ mod tests {
         // Over plain HTTP stage 5 proves nothing.
         let plain = xml(&host, http(), "/pair", "uniqueid=a&phrase=pairchallenge").await;
         assert!(plain.contains("<paired>0</paired>"), "{plain}");
-        for path in ["/launch", "/resume", "/cancel"] {
+        // Without the streaming sockets a launch is refused by name; there is nothing to cancel.
+        for path in ["/launch", "/resume"] {
             let reply = xml(&host, https(Some(PAIRED)), path, "appid=1").await;
             assert!(
-                reply.contains("status_code=\"503\"") && reply.contains("streaming is not built"),
+                reply.contains("status_code=\"503\"")
+                    && reply.contains("streaming has not started"),
                 "{reply}"
             );
         }
+        let cancel = xml(&host, https(Some(PAIRED)), "/cancel", "").await;
+        assert!(cancel.contains("<cancel>1</cancel>"), "{cancel}");
     }
 
     #[tokio::test]

@@ -1,0 +1,428 @@
+//! The control stream (protocol notes §5): an ENet host on the Control socket the broker bound,
+//! driven by one thread per stream. Every packet travels in the AES-GCM envelope of
+//! `lumen_core::control`; IDR requests and reference-frame invalidations become
+//! [`ControlEvent::RequestIdr`], the client's disconnect or silence ends the stream, and stopping
+//! sends the termination message before the peer is let go.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lumen_core::control::{ClientMessage, ControlCrypto, HostMessage, IvMode, Termination};
+use rusty_enet::{Event, Host, HostSettings, Packet, PeerID};
+
+/// The client connects with 48 channels (§5.1); fewer would fold its traffic onto channel 0.
+const CHANNELS: usize = 0x30;
+/// One client per stream; a second slot lets a reconnect arrive before the old peer timed out.
+const PEERS: usize = 2;
+/// The client must connect within this after the stream starts (its own limit is 10 s after PLAY).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the thread looks at the socket when nothing arrives.
+const IDLE_POLL: Duration = Duration::from_millis(2);
+/// `0x80030023`: the app exited, a graceful end (§5.5).
+pub const TERMINATION_GRACEFUL: u32 = 0x8003_0023;
+
+/// What the control stream reports to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// The client wants a fresh IDR (0x0302, or an RFI the host answers with an IDR).
+    RequestIdr,
+    /// The client connected from this address.
+    Connected(SocketAddr),
+    /// The stream is over from the client's side (disconnect, timeout, never connected).
+    Ended(String),
+}
+
+/// What the control thread saw; read while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlStats {
+    pub idr_requests: u64,
+    pub rfi_requests: u64,
+    pub pings: u64,
+    pub loss_stats: u64,
+    pub fec_status: u64,
+    pub input: u64,
+    /// Packets that failed authentication or parsing.
+    pub rejected: u64,
+}
+
+/// The session settings the control stream needs.
+pub struct ControlConfig {
+    pub socket: OwnedFd,
+    pub rikey: [u8; 16],
+    pub iv_mode: IvMode,
+    /// `X-SS-Connect-Data`: only a peer that presents it is the client of this launch.
+    pub connect_data: u32,
+}
+
+/// The running control stream.
+pub struct Control {
+    stop: Arc<AtomicBool>,
+    termination: Arc<Mutex<Option<u32>>>,
+    stats: Arc<Mutex<ControlStats>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Control {
+    /// Starts the ENet host on the control socket.
+    pub fn start(
+        config: ControlConfig,
+        on_event: impl Fn(ControlEvent) + Send + 'static,
+    ) -> Result<Control, String> {
+        let socket = UdpSocket::from(config.socket);
+        let stop = Arc::new(AtomicBool::new(false));
+        let termination = Arc::new(Mutex::new(None));
+        let stats = Arc::new(Mutex::new(ControlStats::default()));
+        let thread = std::thread::Builder::new()
+            .name("lumen-net-ctrl".into())
+            .spawn({
+                let (stop, termination, stats) = (stop.clone(), termination.clone(), stats.clone());
+                move || {
+                    let crypto = ControlCrypto::host(&config.rikey, config.iv_mode);
+                    let mut run = Run {
+                        crypto,
+                        connect_data: config.connect_data,
+                        client: None,
+                        stats,
+                        on_event: &on_event,
+                    };
+                    if let Err(why) = run.serve(socket, &stop, &termination) {
+                        on_event(ControlEvent::Ended(why));
+                    }
+                }
+            })
+            .map_err(|e| format!("starting the control thread: {e}"))?;
+        Ok(Control {
+            stop,
+            termination,
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stats(&self) -> ControlStats {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Ends the stream: the client gets `termination` (an HRESULT, §5.5) if it is connected, then
+    /// the peer is disconnected and the thread joined.
+    pub fn stop(mut self, termination: u32) -> ControlStats {
+        *self
+            .termination
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(termination);
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.stats()
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Run<'a, F: Fn(ControlEvent)> {
+    crypto: ControlCrypto,
+    connect_data: u32,
+    client: Option<PeerID>,
+    stats: Arc<Mutex<ControlStats>>,
+    on_event: &'a F,
+}
+
+impl<F: Fn(ControlEvent)> Run<'_, F> {
+    fn count(&self, f: impl FnOnce(&mut ControlStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn serve(
+        &mut self,
+        socket: UdpSocket,
+        stop: &AtomicBool,
+        termination: &Mutex<Option<u32>>,
+    ) -> Result<(), String> {
+        let mut host = Host::new(
+            socket,
+            HostSettings {
+                peer_limit: PEERS,
+                channel_limit: CHANNELS,
+                ..HostSettings::default()
+            },
+        )
+        .map_err(|e| format!("control stream: ENet host: {e:?}"))?;
+        let started = Instant::now();
+        let mut ever_connected = false;
+        while !stop.load(Ordering::Acquire) {
+            let mut busy = false;
+            loop {
+                let event = host
+                    .service()
+                    .map_err(|e| format!("control stream: socket: {e}"))?;
+                let Some(event) = event else { break };
+                busy = true;
+                if let Some(why) = self.event(event, &mut ever_connected) {
+                    return Err(why);
+                }
+            }
+            if !ever_connected && started.elapsed() > CONNECT_TIMEOUT {
+                return Err(format!(
+                    "the client did not connect to the control stream within {CONNECT_TIMEOUT:?}"
+                ));
+            }
+            if !busy {
+                std::thread::sleep(IDLE_POLL);
+            }
+        }
+        let code = termination
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or(TERMINATION_GRACEFUL);
+        self.terminate(&mut host, code);
+        Ok(())
+    }
+
+    /// Handles one ENet event; `Some(why)` ends the stream.
+    fn event(&mut self, event: Event<'_, UdpSocket>, ever_connected: &mut bool) -> Option<String> {
+        match event {
+            Event::Connect { peer, data } => {
+                if data != self.connect_data || self.client.is_some() {
+                    // Not this launch's client (or a second one): it gets no control stream.
+                    peer.disconnect_now(0);
+                    return None;
+                }
+                // The client itself gives up after 10 s without traffic (§5.1).
+                peer.set_timeout(0, 10_000, 10_000);
+                self.client = Some(peer.id());
+                *ever_connected = true;
+                if let Some(addr) = peer.address() {
+                    (self.on_event)(ControlEvent::Connected(addr));
+                }
+                None
+            }
+            Event::Disconnect { peer, .. } => (self.client == Some(peer.id())).then(|| {
+                self.client = None;
+                "the client left the control stream".to_string()
+            }),
+            Event::Receive { peer, packet, .. } => {
+                if self.client != Some(peer.id()) {
+                    return None;
+                }
+                self.message(packet.data());
+                None
+            }
+        }
+    }
+
+    fn message(&mut self, packet: &[u8]) {
+        let msg = match self.crypto.open_message(packet) {
+            Ok((_, msg)) => msg,
+            Err(_) => {
+                self.count(|s| s.rejected += 1);
+                return;
+            }
+        };
+        match msg {
+            ClientMessage::RequestIdr => {
+                self.count(|s| s.idr_requests += 1);
+                (self.on_event)(ControlEvent::RequestIdr);
+            }
+            // The encoder has no reference-picture control: a fresh IDR also repairs the loss.
+            ClientMessage::InvalidateRefFrames { .. } => {
+                self.count(|s| s.rfi_requests += 1);
+                (self.on_event)(ControlEvent::RequestIdr);
+            }
+            // Keep-alives: the ENet acknowledgement is the answer the client waits for.
+            ClientMessage::PeriodicPing { .. } => self.count(|s| s.pings += 1),
+            ClientMessage::LossStats(_) => self.count(|s| s.loss_stats += 1),
+            ClientMessage::FecStatus(_) => self.count(|s| s.fec_status += 1),
+            ClientMessage::Input(_) => self.count(|s| s.input += 1),
+            ClientMessage::StartB | ClientMessage::LtrAck { .. } | ClientMessage::Other { .. } => {}
+        }
+    }
+
+    /// Sends the termination message and lets the client go, waiting briefly for ENet to deliver.
+    fn terminate(&mut self, host: &mut Host<UdpSocket>, code: u32) {
+        let Some(id) = self.client.take() else { return };
+        let sealed = self
+            .crypto
+            .seal_message(&HostMessage::Termination(Termination::Extended(code)));
+        if let (Ok(bytes), Some(peer)) = (sealed, host.get_peer_mut(id)) {
+            let _ = peer.send(0, &Packet::reliable(bytes.as_slice()));
+            peer.disconnect_later(0);
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            match host.service() {
+                Ok(Some(Event::Disconnect { .. })) | Err(_) => break,
+                Ok(Some(_)) => {}
+                Ok(None) => std::thread::sleep(IDLE_POLL),
+            }
+        }
+        if let Some(peer) = host.get_peer_mut(id) {
+            peer.disconnect_now(0);
+        }
+        host.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    const KEY: [u8; 16] = [9; 16];
+
+    /// A real ENet client (rusty_enet) speaking the encrypted control protocol at our host.
+    #[test]
+    fn idr_requests_pings_and_termination_over_enet() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let control = Control::start(
+            ControlConfig {
+                socket: server.into(),
+                rikey: KEY,
+                iv_mode: IvMode::V2,
+                connect_data: 0x1234_5678,
+            },
+            move |e| {
+                let _ = tx.send(e);
+            },
+        )
+        .unwrap();
+
+        let client_sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut client = Host::new(
+            client_sock,
+            HostSettings {
+                peer_limit: 1,
+                channel_limit: CHANNELS,
+                ..HostSettings::default()
+            },
+        )
+        .unwrap();
+        let peer = client.connect(addr, CHANNELS, 0x1234_5678).unwrap().id();
+        let mut crypto = ControlCrypto::client(&KEY, IvMode::V2);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut connected = false;
+        while !connected && Instant::now() < deadline {
+            if let Ok(Some(Event::Connect { .. })) = client.service() {
+                connected = true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(connected);
+        for msg in [
+            ClientMessage::RequestIdr,
+            ClientMessage::PeriodicPing {
+                payload: vec![4, 0, 0, 0, 0, 0, 0, 0],
+            },
+        ] {
+            let (t, p) = msg.encode();
+            let bytes = crypto.seal(t, &p).unwrap();
+            client
+                .peer_mut(peer)
+                .send(1, &Packet::reliable(bytes.as_slice()))
+                .unwrap();
+        }
+        // Garbage is counted, never fatal.
+        client
+            .peer_mut(peer)
+            .send(0, &Packet::reliable(&[1u8, 2, 3][..]))
+            .unwrap();
+        let mut events = Vec::new();
+        while Instant::now() < deadline && !events.contains(&ControlEvent::RequestIdr) {
+            let _ = client.service();
+            events.extend(rx.try_iter());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            matches!(events[0], ControlEvent::Connected(_)),
+            "{events:?}"
+        );
+        assert!(events.contains(&ControlEvent::RequestIdr), "{events:?}");
+        while Instant::now() < deadline && control.stats().rejected == 0 {
+            let _ = client.service();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        // Stopping sends the termination message, then disconnects.
+        let stopper = std::thread::spawn(move || control.stop(TERMINATION_GRACEFUL));
+        let mut termination = None;
+        let mut disconnected = false;
+        while Instant::now() < deadline && !disconnected {
+            match client.service() {
+                Ok(Some(Event::Receive { packet, .. })) => {
+                    let o = crypto.open(packet.data()).unwrap();
+                    termination = Some(HostMessage::parse(o.msg_type, &o.payload).unwrap());
+                }
+                Ok(Some(Event::Disconnect { .. })) => disconnected = true,
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        let stats = stopper.join().unwrap();
+        assert_eq!(
+            termination,
+            Some(HostMessage::Termination(Termination::Extended(
+                TERMINATION_GRACEFUL
+            )))
+        );
+        assert!(disconnected);
+        assert_eq!(stats.idr_requests, 1);
+        assert_eq!(stats.pings, 1);
+        assert_eq!(stats.rejected, 1);
+    }
+
+    #[test]
+    fn a_client_that_never_connects_ends_the_stream_and_strangers_are_refused() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let control = Control::start(
+            ControlConfig {
+                socket: server.into(),
+                rikey: KEY,
+                iv_mode: IvMode::V2,
+                connect_data: 7,
+            },
+            move |e| {
+                let _ = tx.send(e);
+            },
+        )
+        .unwrap();
+        let mut client = Host::new(
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            HostSettings {
+                peer_limit: 1,
+                channel_limit: CHANNELS,
+                ..HostSettings::default()
+            },
+        )
+        .unwrap();
+        client.connect(addr, CHANNELS, 8).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut refused = false;
+        while Instant::now() < deadline && !refused {
+            match client.service() {
+                Ok(Some(Event::Disconnect { .. })) => refused = true,
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        assert!(refused, "a peer with the wrong connect data was kept");
+        assert!(rx.try_iter().next().is_none());
+        let stats = control.stop(TERMINATION_GRACEFUL);
+        assert_eq!(stats, ControlStats::default());
+    }
+}

@@ -1,0 +1,297 @@
+//! Issue 4 end to end: a stock Moonlight client (moonlight-python 0.3.0 with the real
+//! moonlight-common-c, driven by tests/python/stream_frames.py) pairs with the real broker using
+//! the PIN given to `lumen-broker pair`, launches "Desktop", and decodes the test pattern through
+//! lumen-net's RTSP, ENet control and video streams. Each decoded frame's luma plane comes back
+//! to this test, which reads the pattern's frame code from it: the codes must increase (frames
+//! are the capture's, in order) and the losses are reported. Quitting the app (`/cancel`) must
+//! leave the broker with no media session.
+//!
+//! The client lives in the virtual environment made by tests/python/setup-venv.sh (see
+//! gamestream_pairing.rs).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use lumen_core::pattern;
+use lumen_tests::{Broker, ScratchDir};
+use serde_json::Value;
+
+const PIN: &str = "1234";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The venv's python, made (or reused) by setup-venv.sh.
+fn python() -> Result<PathBuf> {
+    let script = repo_root().join("tests/python/setup-venv.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}): moonlight-python 0.3.0 is needed for this test",
+        script.display(),
+        out.status
+    );
+    let venv = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::trim)
+        .unwrap_or("")
+        .to_string();
+    let python = Path::new(&venv).join("bin/python");
+    ensure!(
+        python.is_file(),
+        "setup-venv.sh printed {venv:?}, which has no bin/python"
+    );
+    Ok(python)
+}
+
+fn start_script(python: &Path, script: &str, args: &[&str]) -> Result<Child> {
+    Command::new(python)
+        .arg(repo_root().join("tests/python").join(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the Moonlight client")
+}
+
+/// Waits for a client step (calling `tick` meanwhile) and returns the JSON of its last stdout line.
+fn finish_client(
+    mut child: Child,
+    timeout: Duration,
+    what: &str,
+    mut tick: impl FnMut(),
+) -> Result<Value> {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            bail!(
+                "{what}: the Moonlight client did not finish within {timeout:?}; stderr: {stderr}"
+            );
+        }
+        tick();
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout)?;
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut stderr)?;
+    }
+    ensure!(
+        status.success(),
+        "{what}: the Moonlight client failed ({status}); stdout: {stdout}; stderr: {stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last)
+        .with_context(|| format!("{what}: client output is not JSON: {stdout}; stderr: {stderr}"))
+}
+
+/// Pairs the identity in `dir` with the PIN while `lumen-broker pair PIN` runs.
+fn pair(broker: &Broker, python: &Path, port: &str, dir: &str) -> Result<()> {
+    let client = start_script(
+        python,
+        "pair_and_applist.py",
+        &["pair", "127.0.0.1", port, dir, PIN],
+    )?;
+    let cli = broker.cli(&["pair", PIN])?;
+    let client = finish_client(client, Duration::from_secs(150), "pair", || {})?;
+    ensure!(
+        cli.status.success() && client["paired"] == true,
+        "pairing failed: client {client}; lumen-broker pair: {} {}",
+        String::from_utf8_lossy(&cli.stdout),
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    Ok(())
+}
+
+/// One decoded frame as the client wrote it.
+struct Decoded {
+    client_frame: u32,
+    code: Option<pattern::FrameCode>,
+}
+
+fn read_frames(path: &Path, width: u32, height: u32) -> Result<Vec<Decoded>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut frames = Vec::new();
+    let mut rest = bytes.as_slice();
+    while !rest.is_empty() {
+        ensure!(rest.len() >= 16, "a truncated frame header");
+        let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let (w, h, client_frame) = (word(0), word(4), word(8));
+        ensure!(
+            (w, h) == (width, height),
+            "the client decoded {w}x{h}, not {width}x{height}"
+        );
+        let len = (w * h) as usize;
+        ensure!(rest.len() >= 16 + len, "a truncated frame");
+        let luma = &rest[16..16 + len];
+        frames.push(Decoded {
+            client_frame,
+            code: pattern::read_code(luma, w as usize, w, h),
+        });
+        rest = &rest[16 + len..];
+    }
+    Ok(frames)
+}
+
+/// Streams `frames` frames of `codec` at `width`×`height`@`fps` and checks the pattern's codes.
+fn stream_and_check(
+    broker: &Broker,
+    python: &Path,
+    dir: &str,
+    codec: &str,
+    (width, height, fps): (u32, u32, u32),
+    frames: u32,
+) -> Result<()> {
+    let scratch = ScratchDir::new("moonlight-frames")?;
+    let out = scratch.path().join(format!("{codec}.frames"));
+    let port = broker.port_base.to_string();
+    let args = [
+        "stream",
+        "127.0.0.1",
+        &port,
+        dir,
+        codec,
+        &width.to_string(),
+        &height.to_string(),
+        &fps.to_string(),
+        &frames.to_string(),
+        &out.display().to_string(),
+    ];
+    let client = start_script(
+        python,
+        "stream_frames.py",
+        &args.iter().map(|s| &**s).collect::<Vec<_>>(),
+    )?;
+    // While the client streams, the broker must report the session the client announced (a
+    // newer generation than the last session's, which the status keeps showing).
+    let generation = |status: &Value| status["media_session"]["generation"].as_u64().unwrap_or(0);
+    let before = generation(&broker.status()?);
+    let mut seen_session = None;
+    let result = finish_client(client, Duration::from_secs(120), codec, || {
+        if seen_session.is_none() {
+            if let Ok(status) = broker.status() {
+                if generation(&status) > before {
+                    seen_session = Some(status["media_session"].clone());
+                }
+            }
+        }
+    })?;
+    eprintln!("{codec}: client says {result}");
+    ensure!(
+        result.get("error").is_none(),
+        "{codec}: the client failed: {result}"
+    );
+    ensure!(result["quit"] == true, "{codec}: /cancel failed: {result}");
+    let session = seen_session
+        .with_context(|| format!("{codec}: the broker never reported a media session"))?;
+    let params = &session["params"];
+    ensure!(
+        params["width"] == width && params["height"] == height && params["fps"] == fps,
+        "{codec}: the broker streamed {params}, not {width}x{height}@{fps}"
+    );
+    ensure!(
+        params["codec"].as_str().map(str::to_lowercase) == Some(codec.to_lowercase()),
+        "{codec}: the broker encoded {params}"
+    );
+
+    let decoded = read_frames(&out, width, height)?;
+    ensure!(
+        decoded.len() >= frames as usize,
+        "{codec}: the client decoded {} frames, wanted {frames}",
+        decoded.len()
+    );
+    let codes: Vec<u32> = decoded
+        .iter()
+        .filter_map(|d| d.code.map(|c| c.frame))
+        .collect();
+    // Decoding is lossy; a few unreadable codes are tolerated, most must read.
+    ensure!(
+        codes.len() * 10 >= decoded.len() * 9,
+        "{codec}: only {} of {} frames carried a readable pattern code",
+        codes.len(),
+        decoded.len()
+    );
+    for pair in codes.windows(2) {
+        ensure!(
+            pair[1] > pair[0],
+            "{codec}: pattern frame {} came after {} (out of order or repeated)",
+            pair[1],
+            pair[0]
+        );
+    }
+    let client_frames: Vec<u32> = decoded.iter().map(|d| d.client_frame).collect();
+    ensure!(
+        client_frames.windows(2).all(|p| p[1] > p[0]),
+        "{codec}: the client's frame numbers do not increase: {client_frames:?}"
+    );
+    let (first, last) = (codes[0], codes[codes.len() - 1]);
+    let span = last - first + 1;
+    let lost = span - codes.len() as u32;
+    eprintln!(
+        "{codec}: {} frames decoded, pattern frames {first}..={last}: {lost} of {span} not seen",
+        decoded.len()
+    );
+    Ok(())
+}
+
+/// The broker's status keeps the last media session after it ends, so "stopped" is observed as:
+/// no session, or one whose capture no longer counts frames.
+fn wait_for_no_session(broker: &Broker, what: &str) -> Result<()> {
+    let frames = |status: &Value| status["media_session"]["capture"]["stats"]["frames"].as_u64();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut before = broker.status()?;
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = broker.status()?;
+        if now["media_session"].is_null()
+            || (now["media_session"]["generation"] == before["media_session"]["generation"]
+                && frames(&now) == frames(&before))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: the media session still captures after /cancel: {now}");
+        }
+        before = now;
+    }
+}
+
+#[test]
+fn moonlight_streams_the_test_pattern_in_h264_and_hevc() -> Result<()> {
+    let python = python()?;
+    let broker = Broker::start("gamestream-stream")?;
+    let identities = ScratchDir::new("moonlight-stream-identity")?;
+    let dir = identities.path().join("paired").display().to_string();
+    pair(&broker, &python, &broker.port_base.to_string(), &dir)?;
+
+    stream_and_check(&broker, &python, &dir, "h264", (640, 360, 30), 60)?;
+    wait_for_no_session(&broker, "h264")?;
+
+    stream_and_check(&broker, &python, &dir, "hevc", (960, 540, 30), 60)?;
+    wait_for_no_session(&broker, "hevc")?;
+    Ok(())
+}
