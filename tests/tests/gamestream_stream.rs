@@ -157,7 +157,8 @@ fn read_frames(path: &Path, width: u32, height: u32) -> Result<Vec<Decoded>> {
     Ok(frames)
 }
 
-/// Streams `frames` frames of `codec` at `width`×`height`@`fps` and checks the pattern's codes.
+/// Streams `frames` frames of `codec` at `width`×`height`@`fps`, ends as `end` says (see
+/// stream_frames.py), checks the pattern's codes and returns what the client reported.
 fn stream_and_check(
     broker: &Broker,
     python: &Path,
@@ -165,7 +166,8 @@ fn stream_and_check(
     codec: &str,
     (width, height, fps): (u32, u32, u32),
     frames: u32,
-) -> Result<()> {
+    end: &str,
+) -> Result<Value> {
     let scratch = ScratchDir::new("moonlight-frames")?;
     let out = scratch.path().join(format!("{codec}.frames"));
     let port = broker.port_base.to_string();
@@ -180,6 +182,7 @@ fn stream_and_check(
         &fps.to_string(),
         &frames.to_string(),
         &out.display().to_string(),
+        end,
     ];
     let client = start_script(
         python,
@@ -205,7 +208,6 @@ fn stream_and_check(
         result.get("error").is_none(),
         "{codec}: the client failed: {result}"
     );
-    ensure!(result["quit"] == true, "{codec}: /cancel failed: {result}");
     let session = seen_session
         .with_context(|| format!("{codec}: the broker never reported a media session"))?;
     let params = &session["params"];
@@ -255,7 +257,7 @@ fn stream_and_check(
         "{codec}: {} frames decoded, pattern frames {first}..={last}: {lost} of {span} not seen",
         decoded.len()
     );
-    Ok(())
+    Ok(result)
 }
 
 /// The broker's status keeps the last media session after it ends, so "stopped" is observed as:
@@ -288,10 +290,25 @@ fn moonlight_streams_the_test_pattern_in_h264_and_hevc() -> Result<()> {
     let dir = identities.path().join("paired").display().to_string();
     pair(&broker, &python, &broker.port_base.to_string(), &dir)?;
 
-    stream_and_check(&broker, &python, &dir, "h264", (640, 360, 30), 60)?;
+    // 1. H.264: a launch; the client then leaves, which ends the stream but not the app.
+    let h264 = stream_and_check(&broker, &python, &dir, "h264", (640, 360, 30), 60, "stop")?;
+    ensure!(
+        h264["current_game_before"] == 0 && h264["current_game_after"] == 1,
+        "h264: currentgame before and after: {h264}"
+    );
     wait_for_no_session(&broker, "h264")?;
 
-    stream_and_check(&broker, &python, &dir, "hevc", (960, 540, 30), 60)?;
+    // 2. HEVC (DESCRIBE offers it): the running app is resumed; quitting it (/cancel) while
+    // streaming ends the stream from the host with the graceful termination code.
+    let hevc = stream_and_check(&broker, &python, &dir, "hevc", (960, 540, 30), 60, "quit")?;
+    ensure!(
+        hevc["current_game_before"] == 1 && hevc["current_game_after"] == 0,
+        "hevc: currentgame before and after: {hevc}"
+    );
+    ensure!(
+        hevc["quit"] == true && hevc["terminated"] == true && hevc["termination_error"] == 0,
+        "hevc: /cancel did not end the stream gracefully: {hevc}"
+    );
     wait_for_no_session(&broker, "hevc")?;
     Ok(())
 }

@@ -211,7 +211,9 @@ impl Streams {
             IpAddr::V6(v6) => format!("[{v6}]"),
             IpAddr::V4(v4) => v4.to_string(),
         };
-        Ok(format!("{scheme}://{host}:{}", self.ports.rtsp))
+        let url = format!("{scheme}://{host}:{}", self.ports.rtsp);
+        eprintln!("lumen-net: launch {id}: {url}");
+        Ok(url)
     }
 
     /// `/cancel`: forgets the launch and ends its stream (the client gets the termination code).
