@@ -466,3 +466,6 @@ pub fn session_params(config: &StreamConfig) -> Result<ipc_media::SessionParams,
     params.validate()?;
     Ok(params)
 }
+
+#[cfg(test)]
+mod tests;
