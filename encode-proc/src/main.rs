@@ -4,6 +4,7 @@
 mod annexb;
 mod audio;
 mod control;
+mod cuda_pool;
 mod scale;
 mod seccomp;
 mod session;
@@ -25,6 +26,8 @@ fn prepare() -> Result<video::Probe, String> {
     }
     ffmpeg::init().map_err(|e| format!("FFmpeg: {e}"))?;
     ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+    // The CUDA context must exist before lock-down (the driver opens /dev/nvidia* at init).
+    let _ = cuda_pool::prepare();
     let probe = video::Probe::run();
     for (backend, why) in &probe.unusable {
         eprintln!("lumen-encode: {} unavailable: {why}", backend.name());
