@@ -7,7 +7,7 @@ use std::os::fd::BorrowedFd;
 use lumen_core::audio_packetizer::{AudioPacketizer, MAX_OPUS_PACKET};
 use lumen_ipc::ring::{Consumer, RingError};
 
-use super::media::{add, DropTracker, Shared, Sink};
+use super::media::{add, DropTracker, Kind, Shared, Sink};
 use crate::udp_send::{Pacing, UdpSender};
 
 pub(super) struct AudioSink<'s> {
@@ -56,7 +56,8 @@ impl<'s> Sink<'s> for AudioSink<'s> {
 
     fn drain(&mut self, ring: &mut Consumer, shared: &Shared) -> Result<(), RingError> {
         let counters = &shared.counters;
-        while !shared.stopping() {
+        // A replaced ring is left as it is: its encoder is gone, the new one starts afresh.
+        while !shared.stopping() && !shared.ring_waiting(Kind::Audio) {
             let Some(record) = ring.next()? else {
                 return Ok(());
             };

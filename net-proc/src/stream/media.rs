@@ -246,6 +246,15 @@ impl Shared {
         let _ = self.request_idr();
     }
 
+    /// Whether newer rings wait for `kind`'s thread: it stops reading the old ones.
+    pub fn ring_waiting(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Video => &self.video_pending,
+            Kind::Audio => &self.audio_pending,
+        }
+        .load(Ordering::Relaxed)
+    }
+
     /// The rings attached for `kind` since the thread last looked, if any.
     fn take_ring(&self, kind: Kind) -> Option<(u64, Consumer)> {
         let flag = match kind {

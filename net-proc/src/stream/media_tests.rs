@@ -910,3 +910,36 @@ fn no_allocation_per_frame_once_warm() {
     assert_eq!(allocations, 0, "allocations while streaming 40 frames");
     rig.streams.stop();
 }
+
+#[test]
+fn new_rings_cut_the_old_rings_backlog_short() {
+    let rig = start_with(video_config(), None, 1);
+    let (mut enc, fds) = rings(1);
+    rig.streams.attach_rings(1, fds).unwrap();
+    enc.expect_idr();
+    let client = client();
+    ping(&client, rig.video, 1);
+    wait_for(&rig.streams, "the ping", |s| s.video_client.is_some());
+    enc.push_video(&au(100, 1), FLAG_KEYFRAME, 1);
+    assert_eq!(recv_frame(&client).index, 1);
+
+    // A frame of two send batches: paced over 800 ms, its second batch leaves 400 ms after the
+    // first, while the frames behind it wait in the old ring.
+    let long = au(70_000, 2);
+    enc.push_video(&long, 0, 2);
+    let mut buf = vec![0u8; 65536];
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(shard_info(&buf[..n]).2, 2, "the first datagram of frame 2");
+    enc.push_video(&au(200, 3), 0, 3);
+    enc.push_video(&au(200, 4), 0, 4);
+    let (mut enc2, fds) = rings(2);
+    rig.streams.attach_rings(2, fds).unwrap();
+    enc2.expect_idr();
+    enc2.push_video(&au(300, 5), FLAG_KEYFRAME, 5);
+    assert_eq!(skip_frame(&client, &mut buf), 2, "the rest of frame 2");
+    // The two frames behind it in the old ring are never sent.
+    let next = recv_frame(&client);
+    assert_eq!((next.index, next.frame_type), (3, 2));
+    assert_carries(&next, &au(300, 5));
+    rig.streams.stop();
+}

@@ -10,7 +10,7 @@ use lumen_ipc::ring::{
     monotonic_ns, Consumer, RecordMeta, RingError, FLAG_DISCONTINUITY, FLAG_KEYFRAME, TS_CAPTURED,
 };
 
-use super::media::{add, DropTracker, Shared, Sink};
+use super::media::{add, DropTracker, Kind, Shared, Sink};
 use crate::udp_send::{Pacing, UdpSender};
 
 /// While frames are skipped for want of a keyframe, the encoder is reminded at most this often.
@@ -160,7 +160,8 @@ impl<'s> Sink<'s> for VideoSink<'s> {
 
     fn drain(&mut self, ring: &mut Consumer, shared: &Shared) -> Result<(), RingError> {
         let counters = &shared.counters;
-        while !shared.stopping() {
+        // A replaced ring is left as it is: its encoder is gone, the new one starts afresh.
+        while !shared.stopping() && !shared.ring_waiting(Kind::Video) {
             let Some(record) = ring.next()? else {
                 return Ok(());
             };
