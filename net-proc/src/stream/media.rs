@@ -35,7 +35,6 @@ pub(super) const POLL_INTERVAL: Duration = Duration::from_millis(20);
 pub const STREAM_RING_FDS: usize = 5;
 
 /// What a stream's senders are given when the stream starts.
-#[derive(Debug)]
 pub struct MediaConfig {
     /// The broker's video UDP socket (unconnected; the client pings it).
     pub video_socket: OwnedFd,
@@ -49,6 +48,22 @@ pub struct MediaConfig {
     pub audio: AudioStreamConfig,
     /// Frames per second: each frame's datagrams are paced over 1/fps.
     pub fps: u32,
+}
+
+/// Without the keys: a config may end up in a log line.
+impl std::fmt::Debug for MediaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaConfig")
+            .field("video_socket", &self.video_socket)
+            .field("audio_socket", &self.audio_socket)
+            .field("packet_size", &self.video.packet_size)
+            .field("fec", &self.video.fec)
+            .field("video_encrypted", &self.video.encryption.is_some())
+            .field("audio_packet_ms", &self.audio.packet_duration_ms)
+            .field("audio_encrypted", &self.audio.encryption.is_some())
+            .field("fps", &self.fps)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the senders could not start or take rings.

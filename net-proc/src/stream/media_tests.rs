@@ -943,3 +943,33 @@ fn new_rings_cut_the_old_rings_backlog_short() {
     assert_carries(&next, &au(300, 5));
     rig.streams.stop();
 }
+
+#[test]
+fn a_config_prints_without_its_keys() {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut video = video_config();
+    video.encryption = Some(VideoEncryption {
+        key: [0xab; 16],
+        first_iv_counter: 0,
+    });
+    let config = MediaConfig {
+        video_socket: udp.try_clone().unwrap().into(),
+        audio_socket: udp.into(),
+        ping_payload: PAYLOAD,
+        video,
+        audio: AudioStreamConfig {
+            packet_duration_ms: 5,
+            encryption: Some(AudioEncryption {
+                key: [0xab; 16],
+                rikeyid: 1,
+            }),
+        },
+        fps: 60,
+    };
+    let printed = format!("{config:?}");
+    assert!(printed.contains("video_encrypted: true"), "{printed}");
+    assert!(
+        !printed.contains("171") && !printed.contains("ab, ab"),
+        "{printed}"
+    );
+}
