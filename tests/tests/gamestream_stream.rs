@@ -253,9 +253,19 @@ fn stream_and_check(
     let (first, last) = (codes[0], codes[codes.len() - 1]);
     let span = last - first + 1;
     let lost = span - codes.len() as u32;
+    // Frames the client numbered but did not hand over (its queue or decoder) versus pattern
+    // frames the host never sent (capture or encode skipped them).
+    let client_span = client_frames[client_frames.len() - 1] - client_frames[0] + 1;
+    let client_skipped = client_span - client_frames.len() as u32;
     eprintln!(
-        "{codec}: {} frames decoded, pattern frames {first}..={last}: {lost} of {span} not seen",
+        "{codec}: {} frames decoded, pattern frames {first}..={last}: {lost} of {span} not seen \
+         ({client_skipped} of them numbered by the client but not delivered)",
         decoded.len()
+    );
+    // The stream is loopback and paced: losing more than a tenth means something is broken.
+    ensure!(
+        lost * 10 <= span,
+        "{codec}: {lost} of {span} pattern frames were lost"
     );
     Ok(result)
 }
