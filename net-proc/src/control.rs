@@ -4,6 +4,7 @@
 //! [`ControlEvent::RequestIdr`], the client's disconnect or silence ends the stream, and stopping
 //! sends the termination message before the peer is let go.
 
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lumen_core::control::{ClientMessage, ControlCrypto, HostMessage, IvMode, Termination};
-use rusty_enet::{Event, Host, HostSettings, Packet, PeerID};
+use rusty_enet::{
+    Event, Host, HostSettings, Packet, PacketReceived, PeerID, Socket, SocketOptions, MTU_MAX,
+};
 
 /// The client connects with 48 channels (§5.1); fewer would fold its traffic onto channel 0.
 const CHANNELS: usize = 0x30;
@@ -24,6 +27,52 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const IDLE_POLL: Duration = Duration::from_millis(2);
 /// `0x80030023`: the app exited, a graceful end (§5.5).
 pub const TERMINATION_GRACEFUL: u32 = 0x8003_0023;
+
+/// The control socket as ENet drives it: non-blocking but without the `SO_BROADCAST` that
+/// rusty_enet's own `UdpSocket` binding turns on (a LAN-facing socket has no use for it), and
+/// errors a peer can provoke from afar (ICMP-reported refusals and unreachables) read as "nothing
+/// arrived" or "not sent" instead of ending the stream.
+struct ControlSocket(UdpSocket);
+
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+impl Socket for ControlSocket {
+    type Address = SocketAddr;
+    type Error = io::Error;
+
+    fn init(&mut self, _options: SocketOptions) -> Result<(), io::Error> {
+        self.0.set_nonblocking(true)
+    }
+
+    fn send(&mut self, address: SocketAddr, buffer: &[u8]) -> Result<usize, io::Error> {
+        match self.0.send_to(buffer, address) {
+            Ok(sent) => Ok(sent),
+            Err(e) if transient(&e) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn receive(
+        &mut self,
+        buffer: &mut [u8; MTU_MAX],
+    ) -> Result<Option<(SocketAddr, PacketReceived)>, io::Error> {
+        match self.0.recv_from(buffer) {
+            Ok((len, from)) => Ok(Some((from, PacketReceived::Complete(len)))),
+            Err(e) if transient(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
 
 /// What the control stream reports to the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +121,7 @@ impl Control {
         config: ControlConfig,
         on_event: impl Fn(ControlEvent) + Send + 'static,
     ) -> Result<Control, String> {
-        let socket = UdpSocket::from(config.socket);
+        let socket = ControlSocket(UdpSocket::from(config.socket));
         let stop = Arc::new(AtomicBool::new(false));
         let termination = Arc::new(Mutex::new(None));
         let stats = Arc::new(Mutex::new(ControlStats::default()));
@@ -149,7 +198,7 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
 
     fn serve(
         &mut self,
-        socket: UdpSocket,
+        socket: ControlSocket,
         stop: &AtomicBool,
         termination: &Mutex<Option<u32>>,
     ) -> Result<(), String> {
@@ -194,7 +243,11 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
     }
 
     /// Handles one ENet event; `Some(why)` ends the stream.
-    fn event(&mut self, event: Event<'_, UdpSocket>, ever_connected: &mut bool) -> Option<String> {
+    fn event(
+        &mut self,
+        event: Event<'_, ControlSocket>,
+        ever_connected: &mut bool,
+    ) -> Option<String> {
         match event {
             Event::Connect { peer, data } => {
                 if data != self.connect_data || self.client.is_some() {
@@ -253,7 +306,7 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
     }
 
     /// Sends the termination message and lets the client go, waiting briefly for ENet to deliver.
-    fn terminate(&mut self, host: &mut Host<UdpSocket>, code: u32) {
+    fn terminate(&mut self, host: &mut Host<ControlSocket>, code: u32) {
         let Some(id) = self.client.take() else { return };
         let sealed = self
             .crypto
@@ -289,6 +342,7 @@ mod tests {
     fn idr_requests_pings_and_termination_over_enet() {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = server.local_addr().unwrap();
+        let view = server.try_clone().unwrap();
         let (tx, rx) = mpsc::channel();
         let control = Control::start(
             ControlConfig {
@@ -324,6 +378,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(connected);
+        // ENet runs the LAN socket without broadcast.
+        assert!(!view.broadcast().unwrap());
         for msg in [
             ClientMessage::RequestIdr,
             ClientMessage::PeriodicPing {
