@@ -381,10 +381,11 @@ mod tests {
         // ENet runs the LAN socket without broadcast.
         assert!(!view.broadcast().unwrap());
         for msg in [
-            ClientMessage::RequestIdr,
             ClientMessage::PeriodicPing {
                 payload: vec![4, 0, 0, 0, 0, 0, 0, 0],
             },
+            ClientMessage::InvalidateRefFrames { first: 3, last: 5 },
+            ClientMessage::RequestIdr,
         ] {
             let (t, p) = msg.encode();
             let bytes = crypto.seal(t, &p).unwrap();
@@ -399,7 +400,13 @@ mod tests {
             .send(0, &Packet::reliable(&[1u8, 2, 3][..]))
             .unwrap();
         let mut events = Vec::new();
-        while Instant::now() < deadline && !events.contains(&ControlEvent::RequestIdr) {
+        let idrs = |events: &[ControlEvent]| {
+            events
+                .iter()
+                .filter(|e| **e == ControlEvent::RequestIdr)
+                .count()
+        };
+        while Instant::now() < deadline && idrs(&events) < 2 {
             let _ = client.service();
             events.extend(rx.try_iter());
             std::thread::sleep(Duration::from_millis(1));
@@ -408,7 +415,8 @@ mod tests {
             matches!(events[0], ControlEvent::Connected(_)),
             "{events:?}"
         );
-        assert!(events.contains(&ControlEvent::RequestIdr), "{events:?}");
+        // Both the IDR request and the reference-frame invalidation ask the encoder for an IDR.
+        assert_eq!(idrs(&events), 2, "{events:?}");
         while Instant::now() < deadline && control.stats().rejected == 0 {
             let _ = client.service();
             std::thread::sleep(Duration::from_millis(1));
@@ -437,6 +445,7 @@ mod tests {
         );
         assert!(disconnected);
         assert_eq!(stats.idr_requests, 1);
+        assert_eq!(stats.rfi_requests, 1);
         assert_eq!(stats.pings, 1);
         assert_eq!(stats.rejected, 1);
     }

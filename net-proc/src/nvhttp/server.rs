@@ -479,4 +479,87 @@ mod tests {
         let unpair = xml(&host, http(), "/unpair", "uniqueid=a").await;
         assert!(unpair.contains("status_code=\"200\""), "{unpair}");
     }
+
+    /// A host whose streaming side runs on loopback sockets (the broker is never asked: no
+    /// stream starts without RTSP).
+    fn streaming_host() -> (Arc<Host>, u16) {
+        use crate::stream::{Ports, StreamSockets, Streams};
+        let host = host(PairReply::Paired);
+        let udp = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (video, audio, control) = (udp(), udp(), udp());
+        let ports = Ports {
+            rtsp: 48010,
+            video: video.local_addr().unwrap().port(),
+            audio: audio.local_addr().unwrap().port(),
+            control: control.local_addr().unwrap().port(),
+        };
+        let streams = Streams::start(
+            ports,
+            StreamSockets {
+                video: video.into(),
+                audio: audio.into(),
+                control: control.into(),
+            },
+            BrokerLink::with_sender(|_| Ok(())),
+        )
+        .unwrap();
+        host.set_streams(streams);
+        (host, ports.rtsp)
+    }
+
+    #[tokio::test]
+    async fn launch_resume_and_cancel_drive_currentgame_and_answer_session_urls() {
+        let (host, rtsp) = streaming_host();
+        let local = Conn {
+            transport: Transport::Https {
+                client: Some(PAIRED),
+            },
+            local: Some("192.168.1.5:47984".parse().unwrap()),
+        };
+        let key = "00112233445566778899aabbccddeeff";
+        let resume = xml(&host, local, "/resume", &format!("rikey={key}&rikeyid=1")).await;
+        assert!(
+            resume.contains("status_code=\"503\""),
+            "nothing to resume: {resume}"
+        );
+        for bad in ["appid=1&rikeyid=1", "appid=9&rikey=00&rikeyid=1"] {
+            let reply = xml(&host, local, "/launch", bad).await;
+            assert!(reply.contains("status_code=\"400\""), "{bad}: {reply}");
+        }
+        let launch = xml(
+            &host,
+            local,
+            "/launch",
+            &format!("appid=1&mode=640x360x30&rikey={key}&rikeyid=-559038737&corever=1"),
+        )
+        .await;
+        assert!(
+            launch.contains(&format!(
+                "<sessionUrl0>rtspenc://192.168.1.5:{rtsp}</sessionUrl0>"
+            )) && launch.contains("<gamesession>1</gamesession>"),
+            "{launch}"
+        );
+        let info = xml(&host, local, "/serverinfo", "").await;
+        assert!(
+            info.contains("<currentgame>1</currentgame>")
+                && info.contains("<state>SUNSHINE_SERVER_BUSY</state>"),
+            "{info}"
+        );
+        // Without corever the client speaks plaintext RTSP.
+        let resume = xml(&host, local, "/resume", &format!("rikey={key}&rikeyid=1")).await;
+        assert!(
+            resume.contains(&format!(
+                "<sessionUrl0>rtsp://192.168.1.5:{rtsp}</sessionUrl0>"
+            )) && resume.contains("<resume>1</resume>"),
+            "{resume}"
+        );
+        let cancel = xml(&host, local, "/cancel", "").await;
+        assert!(cancel.contains("<cancel>1</cancel>"), "{cancel}");
+        let info = xml(&host, local, "/serverinfo", "").await;
+        assert!(
+            info.contains("<currentgame>0</currentgame>")
+                && info.contains("<state>SUNSHINE_SERVER_FREE</state>"),
+            "{info}"
+        );
+    }
 }
