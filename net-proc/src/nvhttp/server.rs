@@ -190,10 +190,13 @@ async fn launch(host: &Host, conn: Conn, query: &Query, resume: bool) -> Xml {
     if resume && streams.current_game() == 0 {
         return Xml::error(503, "nothing is running to resume");
     }
-    // The client dials the address it reached us on (Sunshine does the same).
+    // The client dials the address it reached us on (Sunshine does the same); an IPv4 client of
+    // a dual-stack listener is given its IPv4 form.
     let local = conn
         .local
-        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| {
+            a.ip().to_canonical()
+        });
     match streams.launch(request, local).await {
         Ok(url) => {
             let xml = Xml::ok().field("sessionUrl0", url);
@@ -551,6 +554,17 @@ mod tests {
             resume.contains(&format!(
                 "<sessionUrl0>rtsp://192.168.1.5:{rtsp}</sessionUrl0>"
             )) && resume.contains("<resume>1</resume>"),
+            "{resume}"
+        );
+        let mapped = Conn {
+            local: Some("[::ffff:10.0.0.2]:47984".parse().unwrap()),
+            ..local
+        };
+        let resume = xml(&host, mapped, "/resume", &format!("rikey={key}&rikeyid=1")).await;
+        assert!(
+            resume.contains(&format!(
+                "<sessionUrl0>rtsp://10.0.0.2:{rtsp}</sessionUrl0>"
+            )),
             "{resume}"
         );
         let cancel = xml(&host, local, "/cancel", "").await;
