@@ -288,8 +288,13 @@ fn render_status(status: &Value) -> String {
         line(
             &mut out,
             format!(
-                "media session {}: {}x{}@{} {} {} kbit/s, {} audio, source {}",
+                "media session {}{}: {}x{}@{} {} {} kbit/s, {} audio, source {}",
                 text(&media["generation"]),
+                if media["active"] == false {
+                    " (ended)"
+                } else {
+                    ""
+                },
                 text(&p["width"]),
                 text(&p["height"]),
                 text(&p["fps"]),

@@ -3,7 +3,7 @@
 //! listen of its own (Landlock also refuses TCP bind/connect), no paths, no processes.
 
 use lumen_ipc::msg::WorkerKind;
-use lumen_ipc::sandbox::seccomp::{allow, allow_if, rust_runtime};
+use lumen_ipc::sandbox::seccomp::{allow, allow_if, rust_runtime, SoftDenied};
 use lumen_ipc::sandbox::{ArgRule, Policy};
 
 pub fn policy() -> Policy {
@@ -72,7 +72,15 @@ pub fn policy() -> Policy {
         max_fds: 1024,
         max_threads: 16,
         syscalls,
-        soft_denied: Vec::new(),
+        // glibc reads /proc/sys/vm/overcommit_memory the first time it trims a thread's heap (once
+        // per process, from any thread) and copes when it cannot: failing it spares the worker.
+        // Nothing could be opened anyway (empty mount namespace, Landlock).
+        soft_denied: vec![SoftDenied {
+            nr: libc::SYS_openat,
+            name: "openat",
+            errno: libc::ENOENT,
+            why: "glibc's heap trimming probes /proc/sys/vm/overcommit_memory",
+        }],
         max_file_bytes: 0,
     }
 }

@@ -56,6 +56,7 @@ impl SessionStatus {
             started_unix: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            active: true,
             capture: WorkerPart::waiting(),
             encode: WorkerPart::waiting(),
         }
@@ -80,6 +81,8 @@ pub struct SessionStatus {
     /// Rebuilds after a capture or encode restart.
     pub rebuilds: u32,
     pub started_unix: u64,
+    /// False once the session ended (`status` keeps showing the last one, e.g. its failure).
+    pub active: bool,
     pub capture: WorkerPart,
     pub encode: WorkerPart,
 }
@@ -210,6 +213,7 @@ impl Sessions {
             Ok(found) => found,
             Err(e) => {
                 let mut status = SessionStatus::new(params, "unavailable".into(), 0);
+                status.active = false;
                 fail_both(&mut status, format!("{e:#}"));
                 self.state().last = Some(status);
                 return Err(e);
@@ -245,7 +249,10 @@ impl Sessions {
             self.send(WorkerKind::Capture, (BrokerMsg::StopSession, Vec::new()));
             self.send(WorkerKind::Encode, (BrokerMsg::StopSession, Vec::new()));
             tracing::info!(generation = active.status.generation, "media session ended");
-            state.last = Some(active.status);
+            state.last = Some(SessionStatus {
+                active: false,
+                ..active.status
+            });
         }
     }
 
