@@ -32,6 +32,24 @@ pub struct Config {
     pub port_base: u16,
     pub sandbox: SandboxConfig,
     pub capture: CaptureConfig,
+    pub stream: StreamConfig,
+}
+
+/// `[stream]`: how streams are served.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Encrypt video (AES-128-GCM per datagram) for every client that can: on by default, as the
+    /// host faces untrusted networks; turn it off only on a trusted LAN.
+    pub encrypt_video: bool,
+}
+
+impl Default for StreamConfig {
+    fn default() -> StreamConfig {
+        StreamConfig {
+            encrypt_video: true,
+        }
+    }
 }
 
 /// Where pictures and sound come from.
@@ -126,6 +144,7 @@ impl Default for Config {
             port_base: 47989,
             sandbox: SandboxConfig::default(),
             capture: CaptureConfig::default(),
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -197,6 +216,17 @@ mod tests {
         assert_eq!(c.port_base, 40000);
         assert_eq!(c.sandbox.worker_uid, 1234);
         assert_eq!(c.sandbox.worker_gid, 65534);
+    }
+
+    #[test]
+    fn video_encryption_is_on_unless_turned_off() {
+        assert!(parse("").unwrap().stream.encrypt_video);
+        assert!(
+            !parse("[stream]\nencrypt_video = false\n")
+                .unwrap()
+                .stream
+                .encrypt_video
+        );
     }
 
     #[test]

@@ -123,7 +123,8 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             loaded.identity.clone(),
             clients.clone(),
             pairing.clone(),
-        )?);
+        )?
+        .with_video_encryption(config.stream.encrypt_video));
         dispatch::start(supervisor.clone(), sessions.clone(), net)?;
         tracing::info!(%bind, port_base, socket = %paths.control_socket.display(), "lumen-broker serving");
         let view = Arc::new(BrokerView {

@@ -130,6 +130,8 @@ pub struct NetService {
     attempts: Mutex<Attempts>,
     /// How long stage 1 waits for a PIN ([`PIN_WAIT`]; shorter in tests).
     pin_wait: Duration,
+    /// Whether net insists on video encryption (see `NetIdentity::encrypt_video`).
+    encrypt_video: bool,
 }
 
 impl NetService {
@@ -153,6 +155,7 @@ impl NetService {
                 starts: RateLimit::new(MAX_ATTEMPTS_PER_MINUTE, ATTEMPT_WINDOW),
             }),
             pin_wait: PIN_WAIT,
+            encrypt_video: true,
         })
     }
 
@@ -177,7 +180,14 @@ impl NetService {
             uniqueid: self.identity.uniqueid.clone(),
             cert_pem: self.identity.cert_pem.clone(),
             paired_sha256,
+            encrypt_video: self.encrypt_video,
         }
+    }
+
+    /// Sets whether streams insist on video encryption (on by default).
+    pub fn with_video_encryption(mut self, on: bool) -> NetService {
+        self.encrypt_video = on;
+        self
     }
 
     /// Wakes whenever the paired set changes (pairing, `lumen-broker unpair`).

@@ -189,6 +189,7 @@ mod tests {
                 uniqueid: "0123456789ABCDEF".into(),
                 cert_pem: "-----BEGIN CERTIFICATE-----".into(),
                 paired_sha256: vec![[7; 32]],
+                encrypt_video: true,
             }),
             BrokerMsg::NetReply {
                 id: 3,

@@ -115,6 +115,10 @@ pub struct NetIdentity {
     pub cert_pem: String,
     /// SHA-256 of the DER of every paired client certificate.
     pub paired_sha256: Vec<[u8; 32]>,
+    /// Insist on video encryption (`SS_ENC_VIDEO` requested in DESCRIBE): the default, since the
+    /// host faces untrusted networks; the user may turn it off on a trusted LAN
+    /// (`[stream] encrypt_video = false`).
+    pub encrypt_video: bool,
 }
 
 /// Whether `id` is a client uniqueid the broker keeps state under: 1..=[`MAX_UNIQUEID`] ASCII

@@ -108,6 +108,9 @@ impl Worker {
             },
             self.link.clone(),
         )?;
+        if let Some(identity) = &self.identity {
+            streams.set_encrypt_video(identity.encrypt_video);
+        }
         rtsp_server::start(rtsp, streams.clone())?;
         eprintln!(
             "lumen-net: serving RTSP on {}, video {}, audio {}, control {}",
@@ -130,6 +133,9 @@ impl Worker {
             BrokerMsg::NetIdentity(update) if fds.is_empty() => {
                 if let Some(nvhttp) = &self.nvhttp {
                     nvhttp.host.set_identity(&update)?;
+                }
+                if let Some(streams) = &self.streams {
+                    streams.set_encrypt_video(update.encrypt_video);
                 }
                 self.identity = Some(update);
                 self.start_when_ready()

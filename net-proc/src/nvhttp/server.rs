@@ -320,6 +320,7 @@ mod tests {
             uniqueid: "00112233AABBCCDD".into(),
             cert_pem: pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3])),
             paired_sha256: vec![PAIRED],
+            encrypt_video: true,
         })
         .unwrap();
         Arc::new(host)

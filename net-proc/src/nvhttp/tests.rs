@@ -107,6 +107,7 @@ fn server_with(paired: &[&Identity], limits: Limits) -> Server {
                 .iter()
                 .map(|id| Sha256::digest(&id.cert_der).into())
                 .collect(),
+            encrypt_video: true,
         },
         "testbox".into(),
         limits,
@@ -293,6 +294,7 @@ fn unknown_missing_and_unpaired_certificates_get_401() {
             uniqueid: host.uniqueid.clone(),
             cert_pem: pem::encode(&pem::Pem::new("CERTIFICATE", server.host_cert.clone())),
             paired_sha256: Vec::new(),
+            encrypt_video: true,
         })
         .unwrap();
     let (body, _) = https_get(&server, &rustls::version::TLS13, Some(&paired), "/applist");

@@ -98,6 +98,8 @@ enum Command {
 /// The streaming side of lumen-net, shared by nvhttp, the RTSP server and the worker loop.
 pub struct Streams {
     ports: Ports,
+    /// Insist on video encryption in DESCRIBE (the broker's `[stream] encrypt_video`).
+    encrypt_video: std::sync::atomic::AtomicBool,
     launch: Mutex<Option<Launch>>,
     next_launch: AtomicU64,
     commands: Mutex<mpsc::Sender<Command>>,
@@ -109,17 +111,25 @@ fn random<const N: usize>() -> Result<[u8; N], String> {
     Ok(bytes)
 }
 
-/// What DESCRIBE offers: H.264 and HEVC (what lumen-encode produces), the v2 control IV and audio
-/// encryption (which the client turns on anyway, §4.3). Video encryption is not offered: the
-/// client would opt in and pay AES for every datagram on a LAN.
-fn describe_params() -> DescribeParams {
+/// What DESCRIBE offers: H.264 and HEVC (what lumen-encode produces), the v2 control IV, audio
+/// encryption (which the client turns on anyway, §4.3) and video encryption. With
+/// `encrypt_video` (the default: this host faces untrusted networks) video encryption is
+/// requested, so every client that can encrypt does; without it, only offered.
+fn describe_params(encrypt_video: bool) -> DescribeParams {
+    let video = if encrypt_video {
+        rtsp::sdp::SS_ENC_VIDEO
+    } else {
+        0
+    };
     DescribeParams {
         hevc: true,
         av1: false,
         rfi: false,
         ss_feature_flags: 0,
-        encryption_supported: rtsp::sdp::SS_ENC_CONTROL_V2 | rtsp::sdp::SS_ENC_AUDIO,
-        encryption_requested: rtsp::sdp::SS_ENC_CONTROL_V2,
+        encryption_supported: rtsp::sdp::SS_ENC_CONTROL_V2
+            | rtsp::sdp::SS_ENC_AUDIO
+            | rtsp::sdp::SS_ENC_VIDEO,
+        encryption_requested: rtsp::sdp::SS_ENC_CONTROL_V2 | video,
         surround: Vec::new(),
     }
 }
@@ -134,6 +144,7 @@ impl Streams {
         let (tx, rx) = mpsc::channel();
         let streams = Arc::new(Streams {
             ports,
+            encrypt_video: std::sync::atomic::AtomicBool::new(true),
             launch: Mutex::new(None),
             next_launch: AtomicU64::new(1),
             commands: Mutex::new(tx.clone()),
@@ -152,6 +163,11 @@ impl Streams {
             })
             .map_err(|e| format!("starting the stream thread: {e}"))?;
         Ok(streams)
+    }
+
+    /// Whether the next launches insist on video encryption.
+    pub fn set_encrypt_video(&self, on: bool) {
+        self.encrypt_video.store(on, Ordering::Relaxed);
     }
 
     fn send(&self, command: Command) {
@@ -190,7 +206,7 @@ impl Streams {
             control_port: self.ports.control,
             ping_payload: hex::encode_upper(ping),
             connect_data: u32::from_be_bytes([c0, c1, c2, c3]),
-            describe: describe_params(),
+            describe: describe_params(self.encrypt_video.load(Ordering::Relaxed)),
             fec_percentage: 20,
         };
         let rtsp = RtspSession::new(params).map_err(|e| format!("RTSP session: {e}"))?;
@@ -249,8 +265,15 @@ impl Streams {
             Some(Event::Announced(negotiated)) => {
                 let c = &negotiated.config;
                 eprintln!(
-                    "lumen-net: RTSP ANNOUNCE: {}x{}@{} {:?} {} kbit/s, packet size {}",
-                    c.width, c.height, c.fps, c.codec, c.bitrate_kbps, c.packet_size
+                    "lumen-net: RTSP ANNOUNCE: {}x{}@{} {:?} {} kbit/s, packet size {}, encryption: video {}, audio {}",
+                    c.width,
+                    c.height,
+                    c.fps,
+                    c.codec,
+                    c.bitrate_kbps,
+                    c.packet_size,
+                    if c.encryption.video { "on" } else { "off" },
+                    if c.encryption.audio { "on" } else { "off" },
                 );
                 self.send(Command::Start {
                     launch: launch.id,

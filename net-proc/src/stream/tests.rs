@@ -121,6 +121,9 @@ async fn a_launch_runs_the_rtsp_handshake_starts_the_stream_and_cancel_stops_it(
         link,
     )
     .unwrap();
+    // The recorded client ANNOUNCE below leaves video encryption off, which the default (video
+    // encryption requested) refuses with 403; this test is about the handshake.
+    streams.set_encrypt_video(false);
     crate::rtsp_server::start(listener.into(), streams.clone()).unwrap();
     assert_eq!(streams.current_game(), 0);
 
@@ -253,4 +256,22 @@ fn announced_settings_map_onto_the_encoder_and_bad_ones_are_refused() {
     let params = session_params(&hevc).unwrap();
     assert_eq!(params.codec, ipc_media::VideoCodec::Hevc);
     assert_eq!(params.audio, AudioLayout::Surround51);
+}
+
+#[test]
+fn video_encryption_is_requested_by_default_and_only_offered_when_turned_off() {
+    let on = super::describe_params(true);
+    assert_ne!(
+        on.encryption_requested & lumen_core::rtsp::sdp::SS_ENC_VIDEO,
+        0
+    );
+    let off = super::describe_params(false);
+    assert_eq!(
+        off.encryption_requested & lumen_core::rtsp::sdp::SS_ENC_VIDEO,
+        0
+    );
+    assert_ne!(
+        off.encryption_supported & lumen_core::rtsp::sdp::SS_ENC_VIDEO,
+        0
+    );
 }
