@@ -73,6 +73,18 @@ def applist(host, port, identity_dir):
     except HttpResponseError as e:
         result["status_code"] = e.status_code
         result["message"] = e.status_message
+        # A refused client is refused on every endpoint, not only the first: try the app list and
+        # a launch on their own (a paired client never gets here, so nothing is launched).
+        attempts = (
+            ("applist", http.get_app_list),
+            ("launch", lambda: http.launch_app(1, 640, 360, 30, 1000, 1, bytes(16), bytes(16), 0)),
+        )
+        for name, call in attempts:
+            try:
+                call()
+                result[f"{name}_status_code"] = 200
+            except HttpResponseError as refused:
+                result[f"{name}_status_code"] = refused.status_code
     emit(result)
 
 

@@ -174,8 +174,10 @@ fn moonlight_pairs_with_a_pin_lists_apps_and_unpaired_clients_get_401() -> Resul
     // 3. A fresh identity that never paired: 401 on the HTTPS endpoints.
     let stranger = applist(&python, &port, &stranger_dir)?;
     ensure!(
-        stranger["status_code"] == 401,
-        "unpaired applist: {stranger}"
+        stranger["status_code"] == 401
+            && stranger["applist_status_code"] == 401
+            && stranger["launch_status_code"] == 401,
+        "unpaired serverinfo, applist and launch: {stranger}"
     );
 
     // 4. A wrong PIN: the client says so, `pair` fails, the certificate is not trusted.
