@@ -265,7 +265,9 @@ impl Egl {
         let get_display: GetPlatformDisplay =
             unsafe { proc_address(&instance, "eglGetPlatformDisplayEXT")? };
         let mut chosen = None;
-        if has("EGL_EXT_platform_device") && has("EGL_EXT_device_enumeration") {
+        // EGL_EXT_device_base is the older name for enumeration + query together.
+        let enumerates = has("EGL_EXT_device_enumeration") || has("EGL_EXT_device_base");
+        if has("EGL_EXT_platform_device") && enumerates {
             if let Some(device) = nvidia_device(&instance)? {
                 chosen = Some((EGL_PLATFORM_DEVICE_EXT, device, "device (NVIDIA)", true));
             }
