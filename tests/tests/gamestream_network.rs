@@ -1,0 +1,520 @@
+//! Issue 4 over a network: the broker in one network namespace, the real Moonlight client
+//! (moonlight-python 0.3.0, tests/python/stream_frames.py) in another, joined by a veth pair —
+//! the LAN path, with the broker bound to 10.200.0.1 only. Then the same under loss, made by an
+//! nftables input rule in the client's namespace that drops a random share of the host's video
+//! and audio datagrams: with Moonlight's 20 % FEC nearly every frame must still decode, and
+//! after a heavy burst the stream must recover (the client asks for an IDR) without ending.
+//!
+//! Frames are counted by the test pattern's frame code in each decoded picture: gaps between
+//! the codes are the frames the client never showed. These tests need root (namespaces,
+//! nftables); without it they skip with a message, unless `CI` is set.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use lumen_core::pattern;
+use lumen_tests::netns::{self, Datagrams, LanPair, HOST_ADDR};
+use lumen_tests::{Broker, ScratchDir};
+use serde_json::Value;
+
+const PIN: &str = "1234";
+const MODE: (u32, u32, u32) = (640, 360, 30);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The venv's python, made (or reused) by setup-venv.sh (`LUMEN_TEST_VENV` picks its place).
+fn python() -> Result<PathBuf> {
+    let script = repo_root().join("tests/python/setup-venv.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}): moonlight-python 0.3.0 is needed for this test",
+        script.display(),
+        out.status
+    );
+    let venv = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::trim)
+        .unwrap_or("")
+        .to_string();
+    let python = Path::new(&venv).join("bin/python");
+    ensure!(
+        python.is_file(),
+        "setup-venv.sh printed {venv:?}, which has no bin/python"
+    );
+    Ok(python)
+}
+
+/// A client script run inside the client's namespace.
+fn start_client(lan: &LanPair, python: &Path, script: &str, args: &[&str]) -> Result<Child> {
+    LanPair::command(&lan.client, python)
+        .arg(repo_root().join("tests/python").join(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the Moonlight client in the client namespace")
+}
+
+/// Waits for a client step (calling `tick` meanwhile) and returns the JSON of its last stdout line.
+fn finish_client(
+    mut child: Child,
+    timeout: Duration,
+    what: &str,
+    mut tick: impl FnMut() -> Result<()>,
+) -> Result<Value> {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let failed = tick().err();
+        if failed.is_some() || start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            match failed {
+                Some(e) => bail!("{what}: {e:#}; client stderr: {stderr}"),
+                None => bail!(
+                    "{what}: the Moonlight client did not finish within {timeout:?}; stderr: {stderr}"
+                ),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout)?;
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut stderr)?;
+    }
+    ensure!(
+        status.success(),
+        "{what}: the Moonlight client failed ({status}); stdout: {stdout}; stderr: {stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last)
+        .with_context(|| format!("{what}: client output is not JSON: {stdout}; stderr: {stderr}"))
+}
+
+/// Pairs the identity in `dir`, from the client namespace, while `lumen-broker pair PIN` runs.
+fn pair(lan: &LanPair, broker: &Broker, python: &Path, dir: &str) -> Result<()> {
+    let port = broker.port_base.to_string();
+    let client = start_client(
+        lan,
+        python,
+        "pair_and_applist.py",
+        &["pair", HOST_ADDR, &port, dir, PIN],
+    )?;
+    let cli = broker.cli(&["pair", PIN])?;
+    let client = finish_client(client, Duration::from_secs(150), "pair", || Ok(()))?;
+    ensure!(
+        cli.status.success() && client["paired"] == true,
+        "pairing over the veth pair failed: client {client}; lumen-broker pair: {} {}",
+        String::from_utf8_lossy(&cli.stdout),
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    Ok(())
+}
+
+/// One decoded frame as the client wrote it.
+struct Decoded {
+    idr: bool,
+    code: Option<u32>,
+}
+
+/// Bytes of one record in the client's frame file.
+fn record_len(width: u32, height: u32) -> u64 {
+    16 + u64::from(width) * u64::from(height)
+}
+
+fn read_frames(path: &Path, width: u32, height: u32) -> Result<Vec<Decoded>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut frames = Vec::new();
+    let mut rest = bytes.as_slice();
+    while !rest.is_empty() {
+        ensure!(rest.len() >= 16, "a truncated frame header");
+        let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let (w, h, frame_type) = (word(0), word(4), word(12));
+        ensure!(
+            (w, h) == (width, height),
+            "the client decoded {w}x{h}, not {width}x{height}"
+        );
+        let len = (w * h) as usize;
+        ensure!(rest.len() >= 16 + len, "a truncated frame");
+        let luma = &rest[16..16 + len];
+        frames.push(Decoded {
+            idr: frame_type == 1,
+            code: pattern::read_code(luma, w as usize, w, h).map(|c| c.frame),
+        });
+        rest = &rest[16 + len..];
+    }
+    Ok(frames)
+}
+
+/// What one stream delivered, by the pattern's frame codes.
+struct Delivery {
+    decoded: usize,
+    codes: Vec<u32>,
+    /// Pattern frames between the first and last code.
+    span: u32,
+    /// Of those, frames never shown.
+    lost: u32,
+    /// Keyframes after the first decoded frame: the repairs the client asked for.
+    later_idrs: usize,
+}
+
+impl Delivery {
+    fn of(decoded: &[Decoded]) -> Result<Delivery> {
+        let codes: Vec<u32> = decoded.iter().filter_map(|d| d.code).collect();
+        ensure!(
+            codes.len() * 10 >= decoded.len() * 9 && codes.len() >= 2,
+            "only {} of {} frames carried a readable pattern code",
+            codes.len(),
+            decoded.len()
+        );
+        for pair in codes.windows(2) {
+            ensure!(
+                pair[1] > pair[0],
+                "pattern frame {} came after {} (out of order or repeated)",
+                pair[1],
+                pair[0]
+            );
+        }
+        let span = codes[codes.len() - 1] - codes[0] + 1;
+        Ok(Delivery {
+            decoded: decoded.len(),
+            span,
+            lost: span - codes.len() as u32,
+            later_idrs: decoded.iter().skip(1).filter(|d| d.idr).count(),
+            codes,
+        })
+    }
+
+    fn percent_shown(&self) -> f64 {
+        100.0 * f64::from(self.span - self.lost) / f64::from(self.span)
+    }
+}
+
+/// Streams H.264 at [`MODE`] from the client namespace until `frames` frames are decoded,
+/// calling `tick` with the number of frames written so far while it runs; the client then
+/// stops the stream. Returns the client's summary and the decoded frames.
+fn stream(
+    lan: &LanPair,
+    broker: &Broker,
+    python: &Path,
+    dir: &str,
+    frames: u32,
+    mut tick: impl FnMut(u64) -> Result<()>,
+) -> Result<(Value, Vec<Decoded>)> {
+    let (width, height, fps) = MODE;
+    let scratch = ScratchDir::new("moonlight-net-frames")?;
+    let out = scratch.path().join("h264.frames");
+    let port = broker.port_base.to_string();
+    let args = [
+        "stream",
+        HOST_ADDR,
+        &port,
+        dir,
+        "h264",
+        &width.to_string(),
+        &height.to_string(),
+        &fps.to_string(),
+        &frames.to_string(),
+        &out.display().to_string(),
+        "stop",
+    ];
+    let client = start_client(
+        lan,
+        python,
+        "stream_frames.py",
+        &args.iter().map(|s| &**s).collect::<Vec<_>>(),
+    )?;
+    let result = finish_client(client, Duration::from_secs(60), "h264", || {
+        let written = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        tick(written / record_len(width, height))
+    })?;
+    eprintln!("h264: client says {result}");
+    ensure!(
+        result.get("error").is_none(),
+        "h264: the client failed: {result}"
+    );
+    let decoded = read_frames(&out, width, height)?;
+    ensure!(
+        decoded.len() >= frames as usize,
+        "h264: the client decoded {} frames, wanted {frames}",
+        decoded.len()
+    );
+    Ok((result, decoded))
+}
+
+/// A broker in the host namespace with a client identity paired from the client namespace.
+struct Lan {
+    // Dropped in this order: the broker stops before its namespace goes away.
+    broker: Broker,
+    lan: LanPair,
+    python: PathBuf,
+    _identities: ScratchDir,
+    dir: String,
+}
+
+impl Lan {
+    fn start(tag: &str) -> Result<Lan> {
+        let python = python()?;
+        let lan = LanPair::new()?;
+        let broker = Broker::start_in_netns(tag, &lan)?;
+        let identities = ScratchDir::new(&format!("{tag}-identity"))?;
+        let dir = identities.path().join("paired").display().to_string();
+        pair(&lan, &broker, &python, &dir)?;
+        Ok(Lan {
+            broker,
+            lan,
+            python,
+            _identities: identities,
+            dir,
+        })
+    }
+
+    /// The host's video and audio ports (Sunshine's offsets from the base).
+    fn media_ports(&self) -> [u16; 2] {
+        [self.broker.port_base + 9, self.broker.port_base + 11]
+    }
+
+    fn stream(
+        &self,
+        frames: u32,
+        tick: impl FnMut(u64) -> Result<()>,
+    ) -> Result<(Value, Vec<Decoded>)> {
+        stream(
+            &self.lan,
+            &self.broker,
+            &self.python,
+            &self.dir,
+            frames,
+            tick,
+        )
+    }
+}
+
+/// The broker's LAN sockets are bound to the veth address only; the client in the other
+/// namespace pairs and streams over the veth pair.
+#[test]
+fn moonlight_streams_across_a_veth_pair() -> Result<()> {
+    if !netns::root_or_skip("moonlight_streams_across_a_veth_pair")? {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let lan = Lan::start("gamestream-lan")?;
+    let (result, decoded) = lan.stream(60, |_| Ok(()))?;
+    let delivery = Delivery::of(&decoded)?;
+    eprintln!(
+        "lan: {} frames decoded over the veth pair, pattern frames {}..={}: {} of {} not seen \
+         (ready after {} s; {:.1} s in all)",
+        delivery.decoded,
+        delivery.codes[0],
+        delivery.codes[delivery.codes.len() - 1],
+        delivery.lost,
+        delivery.span,
+        result["ready_s"],
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        delivery.lost * 10 <= delivery.span,
+        "lan: {} of {} pattern frames were lost on a lossless link",
+        delivery.lost,
+        delivery.span
+    );
+    Ok(())
+}
+
+/// About 3 % of the video and audio datagrams dropped at the client: Moonlight's 20 % FEC must
+/// repair nearly all of it.
+#[test]
+fn moonlight_decodes_through_three_percent_loss() -> Result<()> {
+    if !netns::root_or_skip("moonlight_decodes_through_three_percent_loss")? {
+        return Ok(());
+    }
+    let lan = Lan::start("gamestream-loss")?;
+    let ports = lan.media_ports();
+    lan.lan.set_loss(&ports, 3)?;
+    let (_, decoded) = lan.stream(180, |_| Ok(()))?;
+    let (video, audio) = (
+        lan.lan.loss_counters(ports[0])?,
+        lan.lan.loss_counters(ports[1])?,
+    );
+    let delivery = Delivery::of(&decoded)?;
+    eprintln!(
+        "loss 3 %: dropped {} of {} video datagrams ({:.1} %) and {} of {} audio ({:.1} %); {} frames \
+         decoded, pattern frames {}..={}: {} of {} not seen ({:.1} % shown), {} keyframes after \
+         the first",
+        video.dropped,
+        video.arrived,
+        video.percent_dropped(),
+        audio.dropped,
+        audio.arrived,
+        audio.percent_dropped(),
+        delivery.decoded,
+        delivery.codes[0],
+        delivery.codes[delivery.codes.len() - 1],
+        delivery.lost,
+        delivery.span,
+        delivery.percent_shown(),
+        delivery.later_idrs
+    );
+    ensure!(
+        video.dropped > 0,
+        "the loss rule dropped no video datagrams: the test proved nothing"
+    );
+    ensure!(
+        delivery.percent_shown() >= 98.0,
+        "loss 3 %: only {:.1} % of the frames were shown ({} of {} lost)",
+        delivery.percent_shown(),
+        delivery.lost,
+        delivery.span
+    );
+    Ok(())
+}
+
+/// What one phase of loss did.
+struct Phase {
+    percent: u32,
+    length: Duration,
+    /// Frames the client had written when the phase began.
+    from_frame: u64,
+    video: Datagrams,
+    audio: Datagrams,
+}
+
+/// 30 % loss for about 2 s, then a 0.5 s blackout, then none. Small frames carry two parity
+/// shards for one data shard, so FEC absorbs most of the 30 %; the blackout surely loses frames,
+/// the client asks for a keyframe, and the stream must go on without ending and show every
+/// frame again once the link is clean.
+#[test]
+fn moonlight_recovers_after_a_loss_burst() -> Result<()> {
+    if !netns::root_or_skip("moonlight_recovers_after_a_loss_burst")? {
+        return Ok(());
+    }
+    const BURST_AT: u64 = 60;
+    const PLAN: [(u32, Duration); 2] = [
+        (30, Duration::from_secs(2)),
+        (100, Duration::from_millis(500)),
+    ];
+    let lan = Lan::start("gamestream-burst")?;
+    let ports = lan.media_ports();
+    let mut phases: Vec<Phase> = Vec::new();
+    let mut phase_started = Instant::now();
+    // Frames the client had written when the link was clean again.
+    let mut clean_from = None;
+    let (result, decoded) = lan.stream(240, |written| {
+        if clean_from.is_some() || written < BURST_AT {
+            return Ok(());
+        }
+        let next = match phases.last_mut() {
+            None => Some(0),
+            Some(phase) if phase_started.elapsed() >= phase.length => {
+                phase.video = lan.lan.loss_counters(ports[0])?;
+                phase.audio = lan.lan.loss_counters(ports[1])?;
+                Some(phases.len())
+            }
+            Some(_) => None,
+        };
+        match next.map(|i| PLAN.get(i)) {
+            Some(Some(&(percent, length))) => {
+                lan.lan.set_loss(&ports, percent)?;
+                phase_started = Instant::now();
+                phases.push(Phase {
+                    percent,
+                    length,
+                    from_frame: written,
+                    video: Datagrams::default(),
+                    audio: Datagrams::default(),
+                });
+            }
+            Some(None) => {
+                lan.lan.set_loss(&ports, 0)?;
+                clean_from = Some(written);
+            }
+            None => {}
+        }
+        Ok(())
+    })?;
+    let Some(clean_from) = clean_from else {
+        bail!("the stream ended before the loss was over: {result}");
+    };
+    let delivery = Delivery::of(&decoded)?;
+    for phase in &phases {
+        eprintln!(
+            "burst: {} % loss for {:?} from decoded frame {}: dropped {} of {} video datagrams \
+             ({:.1} %) and {} of {} audio ({:.1} %)",
+            phase.percent,
+            phase.length,
+            phase.from_frame,
+            phase.video.dropped,
+            phase.video.arrived,
+            phase.video.percent_dropped(),
+            phase.audio.dropped,
+            phase.audio.arrived,
+            phase.audio.percent_dropped(),
+        );
+    }
+    let burst_from = phases.first().map_or(0, |p| p.from_frame) as usize;
+    let burst_idrs = decoded.iter().skip(burst_from).filter(|d| d.idr).count();
+    let after = decoded.len() as u64 - clean_from;
+    eprintln!(
+        "burst: {} frames decoded, pattern frames {}..={}: {} of {} not seen ({:.1} % shown); \
+         {burst_idrs} keyframes from the burst on; clean again from decoded frame {clean_from}, \
+         {after} frames decoded after that",
+        delivery.decoded,
+        delivery.codes[0],
+        delivery.codes[delivery.codes.len() - 1],
+        delivery.lost,
+        delivery.span,
+        delivery.percent_shown(),
+    );
+    ensure!(
+        phases.iter().all(|p| p.video.dropped > 0),
+        "a loss phase dropped no video datagrams: the test proved nothing"
+    );
+    ensure!(
+        delivery.lost > 0,
+        "a 0.5 s blackout lost no frame: the loss did not reach the client"
+    );
+    // A lost frame breaks the reference chain; the client shows nothing more until the host
+    // answers its request with a keyframe.
+    ensure!(
+        burst_idrs > 0,
+        "{} frames were lost but no keyframe followed",
+        delivery.lost
+    );
+    ensure!(
+        after >= 60,
+        "only {after} frames were decoded after the loss: the stream did not recover"
+    );
+    // Half a second after the loss the link is clean: every frame must show.
+    let settled = Delivery::of(&decoded[(clean_from as usize + 15).min(decoded.len())..])?;
+    ensure!(
+        settled.lost == 0,
+        "{} of {} frames were still lost well after the loss",
+        settled.lost,
+        settled.span
+    );
+    Ok(())
+}
