@@ -26,13 +26,11 @@ pub fn root_or_skip(test: &str) -> Result<bool> {
     if rustix::process::geteuid().is_root() {
         return Ok(true);
     }
-    let reason = format!(
-        "{test}: skipped — network namespaces and nftables need root (run the tests as root)"
-    );
+    let reason = format!("{test}: network namespaces and nftables need root");
     if std::env::var_os("CI").is_some() {
-        bail!("{reason}; CI is set, so this is a failure");
+        bail!("{reason}; CI is set (CI runs as root), so this fails instead of skipping");
     }
-    eprintln!("{reason}");
+    eprintln!("{reason}: skipped (run the tests as root)");
     Ok(false)
 }
 
@@ -126,6 +124,18 @@ impl LanPair {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns]).arg(program);
         cmd
+    }
+
+    /// Whether a TCP connection from inside namespace `ns` to `addr`:`port` is accepted.
+    pub fn tcp_reaches(ns: &str, addr: &str, port: u16) -> Result<bool> {
+        let status = LanPair::command(ns, "bash")
+            .args(["-c", &format!("exec 3<>/dev/tcp/{addr}/{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running bash in a test namespace")?;
+        Ok(status.success())
     }
 
     /// Makes the client drop, at its input hook, about `percent` % of the UDP datagrams coming

@@ -323,7 +323,34 @@ fn moonlight_streams_across_a_veth_pair() -> Result<()> {
     }
     let started = Instant::now();
     let lan = Lan::start("gamestream-lan")?;
-    let (result, decoded) = lan.stream(60, |_| Ok(()))?;
+    // `--bind 10.200.0.1`: the host's own loopback does not reach the broker, the client does.
+    let http = lan.broker.port_base;
+    ensure!(
+        !LanPair::tcp_reaches(&lan.lan.host, "127.0.0.1", http)?,
+        "the broker answers on the host's loopback although it was bound to {HOST_ADDR}"
+    );
+    ensure!(
+        LanPair::tcp_reaches(&lan.lan.client, HOST_ADDR, http)?,
+        "the client namespace cannot reach the broker's HTTP port {HOST_ADDR}:{http}"
+    );
+    let mut session = Value::Null;
+    let (result, decoded) = lan.stream(60, |_| {
+        if session.is_null() {
+            if let Ok(status) = lan.broker.status() {
+                session = status["media_session"].clone();
+            }
+        }
+        Ok(())
+    })?;
+    let params = &session["params"];
+    let (width, height, fps) = MODE;
+    ensure!(
+        params["width"] == width
+            && params["height"] == height
+            && params["fps"] == fps
+            && params["codec"].as_str().map(str::to_lowercase).as_deref() == Some("h264"),
+        "lan: the broker reported {session}, not a {width}x{height}@{fps} H.264 session"
+    );
     let delivery = Delivery::of(&decoded)?;
     eprintln!(
         "lan: {} frames decoded over the veth pair, pattern frames {}..={}: {} of {} not seen \
