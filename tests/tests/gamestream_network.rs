@@ -430,10 +430,10 @@ struct Phase {
     audio: Datagrams,
 }
 
-/// 30 % loss for about 2 s, then a 0.5 s blackout, then none. Small frames carry two parity
-/// shards for one data shard, so FEC absorbs most of the 30 %; the blackout surely loses frames,
-/// the client asks for a keyframe, and the stream must go on without ending and show every
-/// frame again once the link is clean.
+/// 30 % loss for about 2 s, then a 0.5 s blackout, then none. The test pattern's P-frames fit one
+/// data shard, and the client asks for at least two parity shards (minRequiredFecPackets), so FEC
+/// absorbs most of the 30 %; the blackout surely loses frames, the client asks for a keyframe,
+/// and the stream must go on without ending and show every frame again once the link is clean.
 #[test]
 fn moonlight_recovers_after_a_loss_burst() -> Result<()> {
     if !netns::root_or_skip("moonlight_recovers_after_a_loss_burst")? {
