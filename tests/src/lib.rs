@@ -2,6 +2,7 @@
 //! directory, and a running `lumen-broker serve` that is stopped (and checked for leftovers) on drop.
 
 pub mod media;
+pub mod moonlight;
 pub mod netns;
 pub mod pipewire_env;
 pub mod portal_env;

@@ -9,110 +9,25 @@
 //! the codes are the frames the client never showed. These tests need root (namespaces,
 //! nftables); without it they skip with a message, unless `CI` is set.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use lumen_core::pattern;
+use lumen_tests::moonlight::{
+    finish_client, frame_record_len, python, read_frames, script_args, spawn_client, DecodedFrame,
+    PIN,
+};
 use lumen_tests::netns::{self, Datagrams, LanPair, HOST_ADDR};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
 
-const PIN: &str = "1234";
 const MODE: (u32, u32, u32) = (640, 360, 30);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
-/// The venv's python, made (or reused) by setup-venv.sh (`LUMEN_TEST_VENV` picks its place).
-fn python() -> Result<PathBuf> {
-    let script = repo_root().join("tests/python/setup-venv.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): moonlight-python 0.3.0 is needed for this test",
-        script.display(),
-        out.status
-    );
-    let venv = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .map(str::trim)
-        .unwrap_or("")
-        .to_string();
-    let python = Path::new(&venv).join("bin/python");
-    ensure!(
-        python.is_file(),
-        "setup-venv.sh printed {venv:?}, which has no bin/python"
-    );
-    Ok(python)
-}
 
 /// A client script run inside the client's namespace.
 fn start_client(lan: &LanPair, python: &Path, script: &str, args: &[&str]) -> Result<Child> {
-    LanPair::command(&lan.client, python)
-        .arg(repo_root().join("tests/python").join(script))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the Moonlight client in the client namespace")
-}
-
-/// Waits for a client step (calling `tick` meanwhile) and returns the JSON of its last stdout line.
-fn finish_client(
-    mut child: Child,
-    timeout: Duration,
-    what: &str,
-    mut tick: impl FnMut() -> Result<()>,
-) -> Result<Value> {
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        let failed = tick().err();
-        if failed.is_some() || start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            let mut stderr = String::new();
-            if let Some(mut err) = child.stderr.take() {
-                let _ = err.read_to_string(&mut stderr);
-            }
-            match failed {
-                Some(e) => bail!("{what}: {e:#}; client stderr: {stderr}"),
-                None => bail!(
-                    "{what}: the Moonlight client did not finish within {timeout:?}; stderr: {stderr}"
-                ),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    if let Some(mut out) = child.stdout.take() {
-        out.read_to_string(&mut stdout)?;
-    }
-    if let Some(mut err) = child.stderr.take() {
-        err.read_to_string(&mut stderr)?;
-    }
-    ensure!(
-        status.success(),
-        "{what}: the Moonlight client failed ({status}); stdout: {stdout}; stderr: {stderr}"
-    );
-    let last = stdout.lines().last().unwrap_or("");
-    serde_json::from_str(last)
-        .with_context(|| format!("{what}: client output is not JSON: {stdout}; stderr: {stderr}"))
+    spawn_client(LanPair::command(&lan.client, python).args(script_args(script, args)))
+        .context("in the client namespace")
 }
 
 /// Pairs the identity in `dir`, from the client namespace, while `lumen-broker pair PIN` runs.
@@ -135,41 +50,6 @@ fn pair(lan: &LanPair, broker: &Broker, python: &Path, dir: &str) -> Result<()> 
     Ok(())
 }
 
-/// One decoded frame as the client wrote it.
-struct Decoded {
-    idr: bool,
-    code: Option<u32>,
-}
-
-/// Bytes of one record in the client's frame file.
-fn record_len(width: u32, height: u32) -> u64 {
-    16 + u64::from(width) * u64::from(height)
-}
-
-fn read_frames(path: &Path, width: u32, height: u32) -> Result<Vec<Decoded>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut frames = Vec::new();
-    let mut rest = bytes.as_slice();
-    while !rest.is_empty() {
-        ensure!(rest.len() >= 16, "a truncated frame header");
-        let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
-        let (w, h, frame_type) = (word(0), word(4), word(12));
-        ensure!(
-            (w, h) == (width, height),
-            "the client decoded {w}x{h}, not {width}x{height}"
-        );
-        let len = (w * h) as usize;
-        ensure!(rest.len() >= 16 + len, "a truncated frame");
-        let luma = &rest[16..16 + len];
-        frames.push(Decoded {
-            idr: frame_type == 1,
-            code: pattern::read_code(luma, w as usize, w, h).map(|c| c.frame),
-        });
-        rest = &rest[16 + len..];
-    }
-    Ok(frames)
-}
-
 /// What one stream delivered, by the pattern's frame codes.
 struct Delivery {
     decoded: usize,
@@ -183,8 +63,11 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn of(decoded: &[Decoded]) -> Result<Delivery> {
-        let codes: Vec<u32> = decoded.iter().filter_map(|d| d.code).collect();
+    fn of(decoded: &[DecodedFrame]) -> Result<Delivery> {
+        let codes: Vec<u32> = decoded
+            .iter()
+            .filter_map(|d| d.code.map(|c| c.frame))
+            .collect();
         ensure!(
             codes.len() * 10 >= decoded.len() * 9 && codes.len() >= 2,
             "only {} of {} frames carried a readable pattern code",
@@ -204,7 +87,7 @@ impl Delivery {
             decoded: decoded.len(),
             span,
             lost: span - codes.len() as u32,
-            later_idrs: decoded.iter().skip(1).filter(|d| d.idr).count(),
+            later_idrs: decoded.iter().skip(1).filter(|d| d.is_idr()).count(),
             codes,
         })
     }
@@ -224,7 +107,7 @@ fn stream(
     dir: &str,
     frames: u32,
     mut tick: impl FnMut(u64) -> Result<()>,
-) -> Result<(Value, Vec<Decoded>)> {
+) -> Result<(Value, Vec<DecodedFrame>)> {
     let (width, height, fps) = MODE;
     let scratch = ScratchDir::new("moonlight-net-frames")?;
     let out = scratch.path().join("h264.frames");
@@ -250,7 +133,7 @@ fn stream(
     )?;
     let result = finish_client(client, Duration::from_secs(60), "h264", || {
         let written = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        tick(written / record_len(width, height))
+        tick(written / frame_record_len(width, height))
     })?;
     eprintln!("h264: client says {result}");
     ensure!(
@@ -302,7 +185,7 @@ impl Lan {
         &self,
         frames: u32,
         tick: impl FnMut(u64) -> Result<()>,
-    ) -> Result<(Value, Vec<Decoded>)> {
+    ) -> Result<(Value, Vec<DecodedFrame>)> {
         stream(
             &self.lan,
             &self.broker,
@@ -503,7 +386,11 @@ fn moonlight_recovers_after_a_loss_burst() -> Result<()> {
         );
     }
     let burst_from = phases.first().map_or(0, |p| p.from_frame) as usize;
-    let burst_idrs = decoded.iter().skip(burst_from).filter(|d| d.idr).count();
+    let burst_idrs = decoded
+        .iter()
+        .skip(burst_from)
+        .filter(|d| d.is_idr())
+        .count();
     let after = decoded.len() as u64 - clean_from;
     eprintln!(
         "burst: {} frames decoded, pattern frames {}..={}: {} of {} not seen ({:.1} % shown); \

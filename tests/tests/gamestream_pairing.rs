@@ -8,97 +8,29 @@
 //! The client lives in a virtual environment made by tests/python/setup-venv.sh (at
 //! `$LUMEN_TEST_VENV`, else target/lumen-test-venv); the first run needs the package index.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use lumen_tests::moonlight::{finish_client, python, start_script, PIN};
 use lumen_tests::{signal, worker, Broker, ScratchDir};
 use serde_json::Value;
 
-const PIN: &str = "1234";
 const WRONG_PIN: &str = "9999";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
-/// The venv's python, made (or reused) by setup-venv.sh.
-fn python() -> Result<PathBuf> {
-    let script = repo_root().join("tests/python/setup-venv.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): moonlight-python 0.3.0 is needed for this test",
-        script.display(),
-        out.status
-    );
-    let venv = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .map(str::trim)
-        .unwrap_or("")
-        .to_string();
-    let python = Path::new(&venv).join("bin/python");
-    ensure!(
-        python.is_file(),
-        "setup-venv.sh printed {venv:?}, which has no bin/python"
-    );
-    Ok(python)
-}
 
 /// One step of the Python driver, started (not yet waited for).
 fn start_client(python: &Path, args: &[&str]) -> Result<Child> {
-    Command::new(python)
-        .arg(repo_root().join("tests/python/pair_and_applist.py"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the Moonlight client")
-}
-
-/// Waits for a client step and returns the JSON of its last stdout line.
-fn finish_client(mut child: Child, timeout: Duration, what: &str) -> Result<Value> {
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{what}: the Moonlight client did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    if let Some(mut out) = child.stdout.take() {
-        out.read_to_string(&mut stdout)?;
-    }
-    if let Some(mut err) = child.stderr.take() {
-        err.read_to_string(&mut stderr)?;
-    }
-    ensure!(
-        status.success(),
-        "{what}: the Moonlight client failed ({status}); stdout: {stdout}; stderr: {stderr}"
-    );
-    let last = stdout.lines().last().unwrap_or("");
-    serde_json::from_str(last)
-        .with_context(|| format!("{what}: client output is not JSON: {stdout}; stderr: {stderr}"))
+    start_script(python, "pair_and_applist.py", args)
 }
 
 fn run_client(python: &Path, args: &[&str], what: &str) -> Result<Value> {
-    finish_client(start_client(python, args)?, Duration::from_secs(60), what)
+    finish_client(
+        start_client(python, args)?,
+        Duration::from_secs(60),
+        what,
+        || Ok(()),
+    )
 }
 
 /// Pairs the identity in `dir` with `client_pin` while `lumen-broker pair PIN` runs; returns
@@ -112,7 +44,7 @@ fn pair(
 ) -> Result<(Value, std::process::Output)> {
     let client = start_client(python, &["pair", "127.0.0.1", port, dir, client_pin])?;
     let cli = broker.cli(&["pair", PIN]);
-    let client = finish_client(client, Duration::from_secs(150), "pair")?;
+    let client = finish_client(client, Duration::from_secs(150), "pair", || Ok(()))?;
     Ok((client, cli?))
 }
 

@@ -1,0 +1,173 @@
+//! Driving the real Moonlight client (moonlight-python 0.3.0, which bundles moonlight-common-c)
+//! from the whole-system tests: its venv, its driver scripts in `tests/python/`, their JSON
+//! results, and the frames the streaming script writes.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use lumen_core::pattern::{self, FrameCode};
+use serde_json::Value;
+
+/// The PIN the tests pair with.
+pub const PIN: &str = "1234";
+
+/// The checkout's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The venv's python, made (or reused) by `tests/python/setup-venv.sh` (`LUMEN_TEST_VENV` picks
+/// its place).
+pub fn python() -> Result<PathBuf> {
+    let script = repo_root().join("tests/python/setup-venv.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({}): moonlight-python 0.3.0 is needed for this test",
+        script.display(),
+        out.status
+    );
+    let venv = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::trim)
+        .unwrap_or("")
+        .to_string();
+    let python = Path::new(&venv).join("bin/python");
+    ensure!(
+        python.is_file(),
+        "setup-venv.sh printed {venv:?}, which has no bin/python"
+    );
+    Ok(python)
+}
+
+/// Arguments for `program` that run driver `script` of `tests/python/` with `args`, for a
+/// `Command` the caller builds (directly, or inside a network namespace).
+pub fn script_args(script: &str, args: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut all = vec![repo_root()
+        .join("tests/python")
+        .join(script)
+        .into_os_string()];
+    all.extend(args.iter().map(Into::into));
+    all
+}
+
+/// Starts `command` (a driver script) with piped output.
+pub fn spawn_client(command: &mut Command) -> Result<Child> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the Moonlight client")
+}
+
+/// Starts driver `script` with `args` under `python`.
+pub fn start_script(python: &Path, script: &str, args: &[&str]) -> Result<Child> {
+    spawn_client(Command::new(python).args(script_args(script, args)))
+}
+
+/// Waits for a client step, calling `tick` meanwhile (an error from it ends the client and the
+/// step), and returns the JSON of its last stdout line.
+pub fn finish_client(
+    mut child: Child,
+    timeout: Duration,
+    what: &str,
+    mut tick: impl FnMut() -> Result<()>,
+) -> Result<Value> {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let failed = tick().err();
+        if failed.is_some() || start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            match failed {
+                Some(e) => bail!("{what}: {e:#}; client stderr: {stderr}"),
+                None => bail!(
+                    "{what}: the Moonlight client did not finish within {timeout:?}; stderr: {stderr}"
+                ),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout)?;
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut stderr)?;
+    }
+    ensure!(
+        status.success(),
+        "{what}: the Moonlight client failed ({status}); stdout: {stdout}; stderr: {stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last)
+        .with_context(|| format!("{what}: client output is not JSON: {stdout}; stderr: {stderr}"))
+}
+
+/// One frame the client decoded, as `stream_frames.py` wrote it.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodedFrame {
+    /// The client's own frame number.
+    pub client_frame: u32,
+    /// The client's frame type (1: IDR).
+    pub frame_type: u32,
+    /// The test pattern's code read from the picture.
+    pub code: Option<FrameCode>,
+}
+
+impl DecodedFrame {
+    pub fn is_idr(&self) -> bool {
+        self.frame_type == 1
+    }
+}
+
+/// Bytes of one record in the client's frame file: a 16-byte header (width, height, frame
+/// number, frame type; u32 little-endian) and the luma plane.
+pub fn frame_record_len(width: u32, height: u32) -> u64 {
+    16 + u64::from(width) * u64::from(height)
+}
+
+/// Reads the frames `stream_frames.py` wrote and the pattern code of each.
+pub fn read_frames(path: &Path, width: u32, height: u32) -> Result<Vec<DecodedFrame>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut frames = Vec::new();
+    let mut rest = bytes.as_slice();
+    while !rest.is_empty() {
+        ensure!(rest.len() >= 16, "a truncated frame header");
+        let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let (w, h, client_frame, frame_type) = (word(0), word(4), word(8), word(12));
+        ensure!(
+            (w, h) == (width, height),
+            "the client decoded {w}x{h}, not {width}x{height}"
+        );
+        let len = (w * h) as usize;
+        ensure!(rest.len() >= 16 + len, "a truncated frame");
+        let luma = &rest[16..16 + len];
+        frames.push(DecodedFrame {
+            client_frame,
+            frame_type,
+            code: pattern::read_code(luma, w as usize, w, h),
+        });
+        rest = &rest[16 + len..];
+    }
+    Ok(frames)
+}
