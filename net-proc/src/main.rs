@@ -13,8 +13,6 @@ mod rtsp_server;
 mod seccomp;
 mod sockets;
 mod stream;
-// Wired into the video and audio senders by the protocol work (issue 4).
-#[allow(dead_code)]
 mod udp_send;
 
 use std::sync::Arc;

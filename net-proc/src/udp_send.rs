@@ -76,6 +76,13 @@ pub struct Batch {
 #[derive(Clone, Debug)]
 pub struct Schedule {
     len: usize,
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the tests inspect it; net's sender does not need it"
+        )
+    )]
     datagram_len: usize,
     batch_bytes: usize,
     batches: usize,
@@ -85,11 +92,25 @@ pub struct Schedule {
 
 impl Schedule {
     /// Number of batches.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the tests inspect it; net's sender does not need it"
+        )
+    )]
     pub fn batches(&self) -> usize {
         self.batches
     }
 
     /// Datagrams per full batch.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the tests inspect it; net's sender does not need it"
+        )
+    )]
     pub fn datagrams_per_batch(&self) -> usize {
         self.batch_bytes / self.datagram_len
     }
@@ -242,11 +263,25 @@ impl<S: AsFd> UdpSender<S> {
     }
 
     /// The send call in use.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the tests inspect it; net's sender does not need it"
+        )
+    )]
     pub fn mode(&self) -> SendMode {
         self.mode
     }
 
     /// Uses `sendmmsg` from now on (a configuration switch, and how tests force the fallback).
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "the tests inspect it; net's sender does not need it"
+        )
+    )]
     pub fn disable_gso(&mut self) {
         self.mode = SendMode::Sendmmsg;
     }
