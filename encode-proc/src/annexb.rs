@@ -16,30 +16,39 @@ pub struct Nal {
     pub end: usize,
 }
 
-/// Splits an Annex B access unit at its 3- and 4-byte start codes. Bytes before the first start code
-/// (none in what encoders write) belong to no unit.
-pub fn split(au: &[u8]) -> Vec<Nal> {
-    // (start code offset, header offset) of every unit.
-    let mut marks = Vec::new();
-    let mut i = 0;
+/// The next start code at or after `from`: (start code offset, header offset).
+fn next_start_code(au: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
     while i + 3 <= au.len() {
         if au[i] == 0 && au[i + 1] == 0 && au[i + 2] == 1 {
-            let start = if i > 0 && au[i - 1] == 0 { i - 1 } else { i };
-            marks.push((start, i + 3));
-            i += 3;
-        } else {
-            i += 1;
+            let start = if i > from && au[i - 1] == 0 { i - 1 } else { i };
+            return Some((start, i + 3));
         }
+        i += 1;
     }
-    marks
-        .iter()
-        .enumerate()
-        .map(|(n, &(start, header))| Nal {
+    None
+}
+
+/// The NAL units of an Annex B access unit, split at its 3- and 4-byte start codes, without
+/// allocating (it runs on every encoded frame). Bytes before the first start code (none in what
+/// encoders write) belong to no unit.
+pub fn nals(au: &[u8]) -> impl Iterator<Item = Nal> + '_ {
+    let mut next = next_start_code(au, 0);
+    std::iter::from_fn(move || {
+        let (start, header) = next?;
+        next = next_start_code(au, header);
+        Some(Nal {
             start,
             header,
-            end: marks.get(n + 1).map_or(au.len(), |next| next.0),
+            end: next.map_or(au.len(), |(following, _)| following),
         })
-        .collect()
+    })
+}
+
+/// [`nals`], collected.
+#[cfg(test)]
+pub fn split(au: &[u8]) -> Vec<Nal> {
+    nals(au).collect()
 }
 
 /// The NAL unit type of the unit whose header starts at `au[header]`.
@@ -82,42 +91,30 @@ pub fn is_idr_slice(codec: VideoCodec, kind: u8) -> bool {
 
 /// Whether the access unit holds an IDR / IRAP slice.
 pub fn has_idr_slice(codec: VideoCodec, au: &[u8]) -> bool {
-    split(au)
-        .iter()
+    nals(au)
         .filter_map(|nal| nal_type(codec, au, nal.header))
         .any(|kind| is_idr_slice(codec, kind))
 }
 
-/// Removes every SEI unit in front of the first slice; everything else is kept byte for byte. AV1
-/// temporal units pass through unchanged.
-pub fn strip_leading_sei(codec: VideoCodec, au: Vec<u8>) -> Vec<u8> {
-    if codec == VideoCodec::Av1 {
-        return au;
-    }
-    let nals = split(&au);
-    let mut drop = Vec::new();
-    for nal in &nals {
-        let Some(kind) = nal_type(codec, &au, nal.header) else {
-            continue;
-        };
-        if is_slice(codec, kind) {
-            break;
-        }
-        if is_sei(codec, kind) {
-            drop.push(nal.start..nal.end);
-        }
-    }
-    if drop.is_empty() {
-        return au;
-    }
-    let mut out = Vec::with_capacity(au.len());
+/// Copies `au` into `out` (replacing its contents) without the SEI units in front of the first
+/// slice; everything else is kept byte for byte. AV1 temporal units are copied unchanged. `out` is
+/// reused from frame to frame, so once it has grown nothing is allocated.
+pub fn copy_without_leading_sei(codec: VideoCodec, au: &[u8], out: &mut Vec<u8>) {
+    out.clear();
     let mut from = 0;
-    for range in drop {
-        out.extend_from_slice(&au[from..range.start]);
-        from = range.end;
+    if codec != VideoCodec::Av1 {
+        for nal in nals(au) {
+            match nal_type(codec, au, nal.header) {
+                Some(kind) if is_slice(codec, kind) => break,
+                Some(kind) if is_sei(codec, kind) => {
+                    out.extend_from_slice(&au[from..nal.start]);
+                    from = nal.end;
+                }
+                _ => {}
+            }
+        }
     }
     out.extend_from_slice(&au[from..]);
-    out
 }
 
 #[cfg(test)]
@@ -151,7 +148,8 @@ mod tests {
             0, 0, 0, 1, 0x67, 9, 0, 0, 0, 1, 0x68, 9, 0, 0, 1, 0x06, 5, 5, 5, 0, 0, 0, 1, 0x65, 7,
             0, 0, 1, 0x06, 8,
         ];
-        let out = strip_leading_sei(VideoCodec::H264, au);
+        let mut out = vec![0xff; 3];
+        copy_without_leading_sei(VideoCodec::H264, &au, &mut out);
         assert_eq!(
             out,
             vec![0, 0, 0, 1, 0x67, 9, 0, 0, 0, 1, 0x68, 9, 0, 0, 0, 1, 0x65, 7, 0, 0, 1, 0x06, 8]
@@ -161,7 +159,7 @@ mod tests {
             0, 0, 0, 1, 0x40, 1, 0, 0, 0, 1, 0x42, 1, 0, 0, 0, 1, 0x44, 1, 0, 0, 0, 1, 0x4e, 1, 3,
             0, 0, 0, 1, 0x26, 1, 6,
         ];
-        let out = strip_leading_sei(VideoCodec::Hevc, au);
+        copy_without_leading_sei(VideoCodec::Hevc, &au, &mut out);
         let kinds: Vec<u8> = split(&out)
             .iter()
             .filter_map(|n| nal_type(VideoCodec::Hevc, &out, n.header))

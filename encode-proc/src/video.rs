@@ -127,6 +127,9 @@ pub struct VideoEncoder {
     next_pts: i64,
     /// Frames sent to this encoder since it was opened.
     sent: u64,
+    /// The access units of the last `encode`, reused frame after frame (their buffers keep their
+    /// capacity), so encoding allocates nothing once warm.
+    aus: Vec<EncodedAu>,
 }
 
 fn ff(encoder: &'static str, what: &'static str) -> impl FnOnce(ffmpeg::Error) -> VideoError {
@@ -234,6 +237,7 @@ impl VideoEncoder {
             packet: Packet::empty(),
             next_pts: 0,
             sent: 0,
+            aus: Vec::new(),
         })
     }
 
@@ -251,12 +255,12 @@ impl VideoEncoder {
     }
 
     /// Encodes `frame` (an IDR when `idr`); returns the pts it was given and the access units the
-    /// encoder had ready (with zerolatency: this frame's).
+    /// encoder had ready (with zerolatency: this frame's), valid until the next call.
     pub fn encode(
         &mut self,
         frame: &mut frame::Video,
         idr: bool,
-    ) -> Result<(i64, Vec<EncodedAu>), VideoError> {
+    ) -> Result<(i64, &[EncodedAu]), VideoError> {
         // A fresh encoder's first frame is a key frame anyway.
         if idr && self.sent > 0 && !self.backend.forces_key_frames() {
             self.reopen(self.config)?;
@@ -276,28 +280,34 @@ impl VideoEncoder {
             .send_frame(frame)
             .map_err(ff(name, "sending a frame"))?;
         self.sent += 1;
-        let mut out = Vec::new();
+        let mut ready = 0;
         loop {
             match self.enc.receive_packet(&mut self.packet) {
                 Ok(()) => {
+                    if ready == self.aus.len() {
+                        self.aus.push(EncodedAu {
+                            data: Vec::new(),
+                            keyframe: false,
+                            pts: 0,
+                        });
+                    }
                     let codec = self.backend.codec();
-                    let data = annexb::strip_leading_sei(
+                    let au = &mut self.aus[ready];
+                    annexb::copy_without_leading_sei(
                         codec,
-                        self.packet.data().unwrap_or_default().to_vec(),
+                        self.packet.data().unwrap_or_default(),
+                        &mut au.data,
                     );
                     // The bitstream says what the client will see; the packet flag covers AV1.
-                    let keyframe = self.packet.is_key() || annexb::has_idr_slice(codec, &data);
-                    out.push(EncodedAu {
-                        data,
-                        keyframe,
-                        pts: self.packet.pts().unwrap_or(pts),
-                    });
+                    au.keyframe = self.packet.is_key() || annexb::has_idr_slice(codec, &au.data);
+                    au.pts = self.packet.pts().unwrap_or(pts);
+                    ready += 1;
                 }
                 Err(ffmpeg::Error::Other { errno }) if errno == libc::EAGAIN => break,
                 Err(e) => return Err(ff(name, "receiving a packet")(e)),
             }
         }
-        Ok((pts, out))
+        Ok((pts, &self.aus[..ready]))
     }
 
     /// Changes the bitrate from the next frame on. Returns true when the encoder had to be reopened
@@ -457,6 +467,79 @@ pub fn blank(frame: &mut frame::Video) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the Rust heap allocations of the thread that enabled counting (the codecs' own C
+    /// threads and allocations are not Rust's, and other test threads do not count).
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Counting;
+
+        thread_local! {
+            static COUNTING: Cell<bool> = const { Cell::new(false) };
+            static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+        }
+
+        // SAFETY: every call is forwarded to the system allocator unchanged; the thread-locals
+        // are const-initialised Cells, which never allocate.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                if COUNTING.with(Cell::get) {
+                    ALLOCATIONS.with(|n| n.set(n.get() + 1));
+                }
+                // SAFETY: the caller's contract for `alloc` is passed on as is.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System.alloc` with this layout (see `alloc`).
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        /// Runs `f` and returns how many Rust allocations this thread made in it.
+        pub fn allocations_in(f: impl FnOnce()) -> u64 {
+            ALLOCATIONS.with(|n| n.set(0));
+            COUNTING.with(|c| c.set(true));
+            f();
+            COUNTING.with(|c| c.set(false));
+            ALLOCATIONS.with(Cell::get)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: counting::Counting = counting::Counting;
+
+    /// Once warm, encoding a frame allocates nothing on the Rust side: the access units and their
+    /// buffers are reused (the per-frame path).
+    #[test]
+    fn encoding_allocates_nothing_once_warm() {
+        ffmpeg::init().unwrap();
+        let mut enc = VideoEncoder::open(Backend::X264, config()).unwrap();
+        let mut frame = enc.new_frame();
+        let paint = |frame: &mut frame::Video, n: u8| {
+            for plane in 0..frame.planes() {
+                frame.data_mut(plane).fill(n.wrapping_mul(37));
+            }
+        };
+        for n in 0..5u8 {
+            paint(&mut frame, n);
+            enc.encode(&mut frame, n == 0).unwrap();
+        }
+        let mut bytes = 0;
+        let allocations = counting::allocations_in(|| {
+            for n in 5..15u8 {
+                paint(&mut frame, n);
+                let (_, aus) = enc.encode(&mut frame, false).unwrap();
+                bytes += aus.iter().map(|au| au.data.len()).sum::<usize>();
+            }
+        });
+        assert!(bytes > 0, "the encoder produced nothing");
+        assert_eq!(
+            allocations, 0,
+            "Rust allocations while encoding 10 warm frames"
+        );
+    }
 
     fn config() -> VideoConfig {
         VideoConfig {
