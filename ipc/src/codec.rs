@@ -196,6 +196,7 @@ mod tests {
                 reply: crate::net_msg::NetReply::Signature(vec![1; 256]),
             },
             BrokerMsg::StreamRings { generation: 4 },
+            BrokerMsg::InputChannel,
         ];
         for m in &all {
             match m {
@@ -207,7 +208,8 @@ mod tests {
                 | BrokerMsg::StopSession
                 | BrokerMsg::NetIdentity(_)
                 | BrokerMsg::NetReply { .. }
-                | BrokerMsg::StreamRings { .. } => {}
+                | BrokerMsg::StreamRings { .. }
+                | BrokerMsg::InputChannel => {}
             }
         }
         all

@@ -10,6 +10,7 @@
 //!   socket, dmabuf) before it is used;
 //! - [`media`]: the session parameters and the messages capture, encode and the stream's consumer
 //!   exchange; [`frame_pool`]: the shared frame slots between capture and encode;
+//! - [`input`]: client input events (net → input) and pad feedback (input → net);
 //! - [`ring`]: single-producer single-consumer record rings in sealed memfds with eventfd doorbells;
 //! - [`sandbox`]: the one lock-down every worker enters before it reads an untrusted byte, and the
 //!   self-test that proves it;
@@ -22,6 +23,7 @@ pub mod channel;
 pub mod codec;
 pub mod fdcheck;
 pub mod frame_pool;
+pub mod input;
 pub mod media;
 pub mod msg;
 pub mod net_msg;

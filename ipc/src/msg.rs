@@ -176,6 +176,11 @@ pub enum BrokerMsg {
     /// audio ring memfd and doorbell, net's end of the net → encode control channel
     /// (`media::EncoderControl`: IDR requests, bitrate).
     StreamRings { generation: Generation },
+    /// `lumen-net` and `lumen-input`: this side's end of their direct channel (one fd), on which
+    /// net sends `input::NetToInput` and input answers `input::InputToNet`. Sent after each
+    /// `Ready` of either worker (a restart of one gets a fresh pair, and the other its new end);
+    /// it replaces the previous channel.
+    InputChannel,
     /// Stop cleanly now.
     Shutdown,
 }
