@@ -464,6 +464,30 @@ impl HostMessage {
     }
 }
 
+/// Pad feedback from lumen-input, as the message that carries it to the client (rumble 0x010b,
+/// trigger rumble 0x5500).
+impl From<lumen_ipc::input::InputToNet> for HostMessage {
+    fn from(feedback: lumen_ipc::input::InputToNet) -> Self {
+        use lumen_ipc::input::InputToNet;
+        match feedback {
+            InputToNet::Rumble {
+                pad,
+                low_frequency,
+                high_frequency,
+            } => HostMessage::Rumble {
+                controller: u16::from(pad),
+                low_freq: low_frequency,
+                high_freq: high_frequency,
+            },
+            InputToNet::TriggerRumble { pad, left, right } => HostMessage::RumbleTriggers {
+                controller: u16::from(pad),
+                left,
+                right,
+            },
+        }
+    }
+}
+
 fn put16(p: &mut Vec<u8>, values: &[u16]) {
     for v in values {
         p.extend_from_slice(&v.to_le_bytes());
@@ -534,5 +558,36 @@ impl<'a> Reader<'a> {
 
     fn u64le(&mut self) -> Result<u64, MessageError> {
         self.array().map(u64::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lumen_ipc::input::InputToNet;
+
+    #[test]
+    fn pad_feedback_becomes_the_rumble_messages_the_client_reads() {
+        let rumble = HostMessage::from(InputToNet::Rumble {
+            pad: 3,
+            low_frequency: 0x1234,
+            high_frequency: 0xFFFF,
+        });
+        assert_eq!(
+            rumble.encode(),
+            (
+                types::RUMBLE,
+                vec![0, 0, 0, 0, 3, 0, 0x34, 0x12, 0xFF, 0xFF]
+            )
+        );
+        let triggers = HostMessage::from(InputToNet::TriggerRumble {
+            pad: 15,
+            left: 0x0100,
+            right: 2,
+        });
+        assert_eq!(
+            triggers.encode(),
+            (types::RUMBLE_TRIGGERS, vec![15, 0, 0x00, 0x01, 2, 0])
+        );
     }
 }
