@@ -12,6 +12,7 @@
 pub mod audio_packetizer;
 pub mod control;
 pub mod fec;
+pub mod nvhttp;
 pub mod input;
 pub mod pattern;
 pub mod rtsp;

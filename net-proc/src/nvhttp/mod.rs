@@ -5,7 +5,6 @@
 
 mod launch;
 mod pairing;
-mod query;
 pub mod server;
 #[cfg(test)]
 mod tests;

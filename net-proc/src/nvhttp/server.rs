@@ -13,11 +13,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use lumen_core::nvhttp::{classify, LaunchError, LaunchParams, Listener, NvRequest, PairRequest};
 use lumen_ipc::net_msg::{NetReply, NetRequest, PairReply, PairStage};
 
 use super::launch;
-use super::pairing::{self, PairRequest};
-use super::query::Query;
+use super::pairing;
 use super::xml::Xml;
 use super::Host;
 
@@ -102,7 +102,8 @@ fn response(reply: Reply) -> Response<Full<Bytes>> {
     response
 }
 
-/// Decides the reply to one request.
+/// Decides the reply to one request: an HTTPS client must be paired, then lumen-core classifies
+/// the request (a malformed one is a 400) and each endpoint answers.
 pub async fn route(
     host: &Host,
     conn: Conn,
@@ -110,33 +111,33 @@ pub async fn route(
     path: &str,
     raw_query: Option<&str>,
 ) -> Reply {
-    if let Transport::Https { client } = conn.transport {
-        if !client.is_some_and(|sha| host.is_paired(&sha)) {
-            return Reply::Xml(Xml::error(
-                401,
-                "The client is not authorized. Certificate verification failed.",
-            ));
+    let listener = match conn.transport {
+        Transport::Http => Listener::Http,
+        Transport::Https { client } => {
+            if !client.is_some_and(|sha| host.is_paired(&sha)) {
+                return Reply::Xml(Xml::error(
+                    401,
+                    "The client is not authorized. Certificate verification failed.",
+                ));
+            }
+            Listener::Https
         }
-    }
-    if method != Method::GET {
-        return Reply::Xml(Xml::error(400, "only GET requests are served"));
-    }
-    let query = match Query::parse(raw_query) {
-        Ok(query) => query,
+    };
+    let request = match classify(method.as_str(), path, raw_query, listener) {
+        Ok(request) => request,
         Err(e) => return Reply::Xml(Xml::error(400, &e.to_string())),
     };
-    let https = matches!(conn.transport, Transport::Https { .. });
-    let xml = match (path, https) {
-        ("/serverinfo", _) => serverinfo(host, conn),
-        ("/pair", _) => pair(host, &query, https).await,
-        ("/unpair", _) => unpair(host, &query).await,
-        ("/applist", true) => applist(),
-        ("/appasset", true) => return appasset(&query),
-        ("/launch", true) => launch(host, conn, &query, false).await,
-        ("/resume", true) => launch(host, conn, &query, true).await,
-        ("/cancel", true) => cancel(host).await,
-        (_, false) => return Reply::NotFound,
-        (_, true) => Xml::error(404, "not found"),
+    let https = listener == Listener::Https;
+    let xml = match request {
+        NvRequest::ServerInfo => serverinfo(host, conn),
+        NvRequest::Pair(request) => pair(host, request, https).await,
+        NvRequest::Unpair { uniqueid } => unpair(host, uniqueid).await,
+        NvRequest::AppList => applist(),
+        NvRequest::AppAsset { appid } => return appasset(appid),
+        NvRequest::Launch { resume, params } => launch(host, conn, params, resume).await,
+        NvRequest::Cancel => cancel(host).await,
+        NvRequest::NotFound if https => Xml::error(404, "not found"),
+        NvRequest::NotFound => return Reply::NotFound,
     };
     Reply::Xml(xml)
 }
@@ -179,11 +180,19 @@ fn serverinfo(host: &Host, conn: Conn) -> Xml {
 
 /// `/launch` and `/resume` (§2.5): both arm a fresh RTSP session with the client's keys (a
 /// resumed stream restarts capture and encode, which costs one IDR).
-async fn launch(host: &Host, conn: Conn, query: &Query, resume: bool) -> Xml {
+async fn launch(
+    host: &Host,
+    conn: Conn,
+    params: Result<LaunchParams, LaunchError>,
+    resume: bool,
+) -> Xml {
     let Some(streams) = host.streams() else {
         return Xml::error(503, NOT_STREAMING);
     };
-    let request = match launch::parse(query, resume) {
+    let request = match params
+        .map_err(|e| e.to_string())
+        .and_then(|params| launch::request(&params))
+    {
         Ok(request) => request,
         Err(why) => return Xml::error(400, &why),
     };
@@ -220,12 +229,11 @@ async fn cancel(host: &Host) -> Xml {
     Xml::ok().field("cancel", 1)
 }
 
-async fn pair(host: &Host, query: &Query, https: bool) -> Xml {
-    let (uniqueid, stage) = match pairing::parse(query) {
+async fn pair(host: &Host, request: PairRequest, https: bool) -> Xml {
+    let (uniqueid, stage) = match request {
         // Stage 5 reaches here only through the 401 check: the certificate is paired.
-        Ok(PairRequest::Challenge) => return Xml::ok().field("paired", u8::from(https)),
-        Ok(PairRequest::Stage { uniqueid, stage }) => (uniqueid, stage),
-        Err(xml) => return xml,
+        PairRequest::Challenge => return Xml::ok().field("paired", u8::from(https)),
+        PairRequest::Stage { uniqueid, fields } => (uniqueid, pairing::stage(fields)),
     };
     let timeout = if matches!(stage, PairStage::GetServerCert { .. }) {
         PIN_STAGE_TIMEOUT
@@ -235,12 +243,12 @@ async fn pair(host: &Host, query: &Query, https: bool) -> Xml {
     broker_pair(host, uniqueid, stage, timeout).await
 }
 
-async fn unpair(host: &Host, query: &Query) -> Xml {
+async fn unpair(host: &Host, uniqueid: Option<String>) -> Xml {
     // Clients call /unpair when pairing failed on their side (a wrong PIN): the broker ends that
     // attempt. Paired clients are forgotten only by `lumen-broker unpair`, never from the LAN.
-    match pairing::uniqueid(query) {
-        Ok(uniqueid) => broker_pair(host, uniqueid, PairStage::Abort, BROKER_TIMEOUT).await,
-        Err(_) => Xml::ok(),
+    match uniqueid {
+        Some(uniqueid) => broker_pair(host, uniqueid, PairStage::Abort, BROKER_TIMEOUT).await,
+        None => Xml::ok(),
     }
 }
 
@@ -282,11 +290,11 @@ fn applist() -> Xml {
     )
 }
 
-fn appasset(query: &Query) -> Reply {
-    match query.get("appid").map(str::parse::<u32>) {
-        Some(Ok(DESKTOP_ID)) => Reply::Png(BOX_ART),
-        Some(Ok(_)) => Reply::Xml(Xml::error(404, "no such app")),
-        _ => Reply::Xml(Xml::error(400, "missing or malformed appid")),
+fn appasset(appid: u32) -> Reply {
+    if appid == DESKTOP_ID {
+        Reply::Png(BOX_ART)
+    } else {
+        Reply::Xml(Xml::error(404, "no such app"))
     }
 }
 
