@@ -15,16 +15,19 @@ use lumen_core::control::{
     self, ClientMessage, ControlCrypto, FrameFecStatus, HdrMetadata, HostMessage, IvMode,
     LossStats, Termination,
 };
+use lumen_core::nvhttp::{self, Listener, NvRequest, PairRequest};
 use lumen_core::rtsp::{self, RtspCrypto, RtspSession};
 
 type Entry = fn(&[u8]);
 
-const TARGETS: [(&str, Entry); 5] = [
+const TARGETS: &[(&str, Entry)] = &[
     ("rtsp_message", rtsp::fuzz::rtsp_message),
     ("sdp_announce", rtsp::fuzz::sdp_announce),
     ("rtspenc_frame", rtsp::fuzz::rtspenc_frame),
     ("control_message", control::fuzz::control_message),
     ("control_envelope", control::fuzz::control_envelope),
+    ("http_request", nvhttp::fuzz::http_request),
+    ("pairing_fields", nvhttp::fuzz::pairing_fields),
 ];
 
 /// Per-input budget (debug build; release fuzzing is far faster).
@@ -38,7 +41,7 @@ fn corpus_dir(target: &str) -> PathBuf {
 
 #[test]
 fn every_corpus_file_replays_cleanly() {
-    for (target, entry) in TARGETS {
+    for &(target, entry) in TARGETS {
         let dir = corpus_dir(target);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -298,4 +301,117 @@ fn loss_stats() -> [u8; 32] {
     b[12..20].copy_from_slice(&1234u64.to_le_bytes());
     b[28..32].copy_from_slice(&0x14u32.to_le_bytes());
     b
+}
+
+/// The nvhttp seeds (`moonlight-python-NN-{http,https}-ENDPOINT`) are the request heads
+/// moonlight-python 0.3.0 sent in one exchange with lumen (pairing, a wrong-PIN attempt ending in
+/// `/unpair`, then serverinfo, stage 5, applist, appasset, launch, resume and cancel over TLS):
+/// every one must be accepted as the endpoint it was sent to, and every pairing query must decode
+/// to a stage.
+#[test]
+fn nvhttp_seeds_are_a_real_moonlight_exchange() {
+    let mut endpoints = Vec::new();
+    for (name, head) in read_corpus("http_request", "moonlight-python-") {
+        let listener = if name.contains("-https-") {
+            Listener::Https
+        } else {
+            Listener::Http
+        };
+        let endpoint = name.rsplit('-').next().expect("named seed");
+        let mut headers = [httparse::EMPTY_HEADER; nvhttp::fuzz::MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let status = request.parse(&head).expect("an HTTP/1.1 head");
+        assert_eq!(status, httparse::Status::Complete(head.len()), "{name}");
+        let (method, target) = (
+            request.method.expect("method"),
+            request.path.expect("target"),
+        );
+        let (path, query) = nvhttp::split_target(target);
+        assert_eq!(path, format!("/{endpoint}"), "{name}");
+        let classified = nvhttp::classify(method, path, query, listener)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let matches = match (endpoint, &classified) {
+            ("serverinfo", NvRequest::ServerInfo)
+            | ("pair", NvRequest::Pair(_))
+            | ("unpair", NvRequest::Unpair { uniqueid: Some(_) })
+            | ("applist", NvRequest::AppList)
+            | ("appasset", NvRequest::AppAsset { appid: 1 })
+            | ("cancel", NvRequest::Cancel) => true,
+            (
+                "launch",
+                NvRequest::Launch {
+                    resume: false,
+                    params: Ok(p),
+                },
+            )
+            | (
+                "resume",
+                NvRequest::Launch {
+                    resume: true,
+                    params: Ok(p),
+                },
+            ) => p.encrypted_rtsp && p.rikeyid == 0xDEAD_BEEF,
+            _ => false,
+        };
+        assert!(matches, "{name}: {classified:?}");
+        endpoints.push(endpoint.to_owned());
+    }
+    for endpoint in [
+        "serverinfo",
+        "pair",
+        "unpair",
+        "applist",
+        "appasset",
+        "launch",
+        "resume",
+        "cancel",
+    ] {
+        assert!(
+            endpoints.iter().any(|e| e == endpoint),
+            "no {endpoint} seed"
+        );
+    }
+    let mut stages = Vec::new();
+    for (name, text) in read_corpus("pairing_fields", "moonlight-python-") {
+        let text = std::str::from_utf8(&text).expect("ASCII query");
+        let query = nvhttp::Query::parse(Some(text)).expect("query");
+        match nvhttp::pairing::parse(&query).unwrap_or_else(|e| panic!("{name}: {e}")) {
+            PairRequest::Stage { fields, .. } => stages.push(
+                format!("{fields:?}")
+                    .split([' ', '{'])
+                    .next()
+                    .map(str::to_owned),
+            ),
+            PairRequest::Challenge => stages.push(Some("Challenge".into())),
+        }
+    }
+    for stage in [
+        "GetServerCert",
+        "ClientChallenge",
+        "ServerChallengeResp",
+        "ClientPairingSecret",
+        "Challenge",
+    ] {
+        assert!(
+            stages.iter().flatten().any(|s| s == stage),
+            "no {stage} seed: {stages:?}"
+        );
+    }
+}
+
+/// The files of one corpus whose names start with `prefix`, sorted by name.
+fn read_corpus(target: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = corpus_dir(target);
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("readable corpus entry").path())
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_owned();
+            name.starts_with(prefix)
+                .then(|| (name, std::fs::read(&p).expect("readable corpus file")))
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{target}: no {prefix}* seeds");
+    files
 }
