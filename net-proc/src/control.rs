@@ -13,6 +13,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lumen_core::control::{ClientMessage, ControlCrypto, HostMessage, IvMode, Termination};
+use lumen_core::input::decode_into;
+use lumen_ipc::input::{InputEvent, MAX_EVENTS_PER_BATCH};
+
+use crate::input_forward::{BadFeedback, StreamInput};
 use rusty_enet::{
     Event, Host, HostSettings, Packet, PacketReceived, PeerID, Socket, SocketOptions, MTU_MAX,
 };
@@ -93,7 +97,18 @@ pub struct ControlStats {
     pub pings: u64,
     pub loss_stats: u64,
     pub fec_status: u64,
+    /// Input packets (0x0206).
     pub input: u64,
+    /// Input events decoded and valid.
+    pub input_events: u64,
+    /// Input packets that did not decode, and events that did but were out of range.
+    pub input_invalid: u64,
+    /// Valid input events not delivered to lumen-input (no channel, a full or closed one).
+    pub input_dropped: u64,
+    /// Rumble and trigger rumble from lumen-input sent to the client.
+    pub rumble: u64,
+    /// Feedback from lumen-input refused, or not sent (no client connected).
+    pub rumble_dropped: u64,
     /// Packets that failed authentication or parsing.
     pub rejected: u64,
 }
@@ -105,6 +120,8 @@ pub struct ControlConfig {
     pub iv_mode: IvMode,
     /// `X-SS-Connect-Data`: only a peer that presents it is the client of this launch.
     pub connect_data: u32,
+    /// Where the client's input goes; without it, input is counted and dropped.
+    pub input: Option<StreamInput>,
 }
 
 /// The running control stream.
@@ -137,8 +154,15 @@ impl Control {
                         client: None,
                         stats,
                         on_event: &on_event,
+                        input: config.input,
+                        batch: Vec::with_capacity(MAX_EVENTS_PER_BATCH),
+                        decoded: Vec::new(),
                     };
-                    if let Err(why) = run.serve(socket, &stop, &termination) {
+                    run.input_stream_started();
+                    let result = run.serve(socket, &stop, &termination);
+                    // Whatever ended the stream, lumen-input releases what the client held.
+                    run.input_stream_ended();
+                    if let Err(why) = result {
                         on_event(ControlEvent::Ended(why));
                     }
                 }
@@ -189,6 +213,11 @@ struct Run<'a, F: Fn(ControlEvent)> {
     client: Option<PeerID>,
     stats: Arc<Mutex<ControlStats>>,
     on_event: &'a F,
+    input: Option<StreamInput>,
+    /// Valid events not yet sent to lumen-input (flushed after each burst of ENet events).
+    batch: Vec<InputEvent>,
+    /// One packet's decoded events, reused.
+    decoded: Vec<InputEvent>,
 }
 
 impl<F: Fn(ControlEvent)> Run<'_, F> {
@@ -230,6 +259,8 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
                     "the client did not connect to the control stream within {CONNECT_TIMEOUT:?}"
                 ));
             }
+            self.flush_input();
+            self.forward_feedback(&mut host);
             if !busy {
                 std::thread::sleep(IDLE_POLL);
             }
@@ -300,8 +331,107 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
             ClientMessage::PeriodicPing { .. } => self.count(|s| s.pings += 1),
             ClientMessage::LossStats(_) => self.count(|s| s.loss_stats += 1),
             ClientMessage::FecStatus(_) => self.count(|s| s.fec_status += 1),
-            ClientMessage::Input(_) => self.count(|s| s.input += 1),
+            ClientMessage::Input(packet) => self.input(&packet),
             ClientMessage::StartB | ClientMessage::LtrAck { .. } | ClientMessage::Other { .. } => {}
+        }
+    }
+
+    /// Decodes one input packet (§8), validates its events and queues them for lumen-input;
+    /// a full batch goes at once, the rest after the current burst of ENet events.
+    fn input(&mut self, packet: &[u8]) {
+        self.count(|s| s.input += 1);
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.clear();
+        if decode_into(packet, &mut decoded).is_err() {
+            self.count(|s| s.input_invalid += 1);
+        }
+        for event in decoded.drain(..) {
+            if event.validate().is_err() {
+                self.count(|s| s.input_invalid += 1);
+                continue;
+            }
+            self.count(|s| s.input_events += 1);
+            if self.batch.len() >= MAX_EVENTS_PER_BATCH {
+                self.flush_input();
+            }
+            self.batch.push(event);
+        }
+        self.decoded = decoded;
+    }
+
+    /// Sends the queued events as one batch; what cannot go now is dropped and counted.
+    fn flush_input(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let events = self.batch.len() as u64;
+        let sent = match &self.input {
+            Some(input) => input.forward.send_events(&mut self.batch).is_ok(),
+            None => {
+                self.batch.clear();
+                false
+            }
+        };
+        if !sent {
+            self.count(|s| s.input_dropped += events);
+        }
+    }
+
+    /// Passes rumble that lumen-input sent to the client (a bounded number per pass, so a
+    /// flooding peer cannot starve the control stream).
+    fn forward_feedback(&mut self, host: &mut Host<ControlSocket>) {
+        const MAX_PER_PASS: usize = 64;
+        for _ in 0..MAX_PER_PASS {
+            let Some(input) = &self.input else { return };
+            let feedback = match input.forward.feedback() {
+                Ok(Some(feedback)) => feedback,
+                Ok(None) => return,
+                Err(BadFeedback::Closed) => {
+                    self.count(|s| s.rumble_dropped += 1);
+                    return;
+                }
+                Err(_) => {
+                    self.count(|s| s.rumble_dropped += 1);
+                    continue;
+                }
+            };
+            let sent = self.send_to_client(host, &HostMessage::from(feedback));
+            self.count(|s| {
+                if sent {
+                    s.rumble += 1;
+                } else {
+                    s.rumble_dropped += 1;
+                }
+            });
+        }
+    }
+
+    /// Seals `msg` and queues it reliably on channel 0 (as Sunshine sends); false when no
+    /// client is connected.
+    fn send_to_client(&mut self, host: &mut Host<ControlSocket>, msg: &HostMessage) -> bool {
+        let Some(peer) = self.client.and_then(|id| host.get_peer_mut(id)) else {
+            return false;
+        };
+        match self.crypto.seal_message(msg) {
+            Ok(bytes) => peer.send(0, &Packet::reliable(bytes.as_slice())).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    fn input_stream_started(&self) {
+        if let Some(input) = &self.input {
+            if let Err(e) = input.forward.stream_started(input.width, input.height) {
+                eprintln!("lumen-net: telling lumen-input the stream started: {e}");
+            }
+        }
+    }
+
+    fn input_stream_ended(&mut self) {
+        self.flush_input();
+        if let Some(input) = &self.input {
+            if let Err(e) = input.forward.stream_ended() {
+                eprintln!("lumen-net: telling lumen-input the stream ended: {e}");
+            }
         }
     }
 
@@ -350,6 +480,7 @@ mod tests {
                 rikey: KEY,
                 iv_mode: IvMode::V2,
                 connect_data: 0x1234_5678,
+                input: None,
             },
             move |e| {
                 let _ = tx.send(e);
@@ -461,6 +592,7 @@ mod tests {
                 rikey: KEY,
                 iv_mode: IvMode::V2,
                 connect_data: 7,
+                input: None,
             },
             move |e| {
                 let _ = tx.send(e);
@@ -489,5 +621,207 @@ mod tests {
         assert!(rx.try_iter().next().is_none());
         let stats = control.stop(TERMINATION_GRACEFUL);
         assert_eq!(stats, ControlStats::default());
+    }
+
+    /// A real control session with an input channel: the client's keyboard and mouse packets
+    /// arrive at "lumen-input" as events, garbage and out-of-range input is counted and dropped,
+    /// and rumble that lumen-input sends back reaches the client.
+    #[test]
+    fn input_is_forwarded_to_the_input_channel_and_rumble_comes_back() {
+        use crate::input_forward::InputForward;
+        use lumen_ipc::channel::Channel;
+        use lumen_ipc::input::{InputToNet, MouseButton, NetToInput};
+        use std::os::fd::AsFd;
+
+        let (ours, mut input) = Channel::pair().unwrap();
+        let forward = Arc::new(InputForward::default());
+        forward
+            .replace_channel(ours.as_fd().try_clone_to_owned().unwrap())
+            .unwrap();
+        drop(ours);
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let control = Control::start(
+            ControlConfig {
+                socket: server.into(),
+                rikey: KEY,
+                iv_mode: IvMode::V2,
+                connect_data: 42,
+                input: Some(StreamInput::new(forward, 1280, 720)),
+            },
+            |_| {},
+        )
+        .unwrap();
+        let wait = std::time::Duration::from_secs(5);
+        assert_eq!(
+            input.recv_timeout::<NetToInput>(wait).unwrap().msg,
+            NetToInput::StreamStarted {
+                width: 1280,
+                height: 720
+            }
+        );
+
+        let mut client = Host::new(
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            HostSettings {
+                peer_limit: 1,
+                channel_limit: CHANNELS,
+                ..HostSettings::default()
+            },
+        )
+        .unwrap();
+        let peer = client.connect(addr, CHANNELS, 42).unwrap().id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut connected = false;
+        while !connected && Instant::now() < deadline {
+            if let Ok(Some(Event::Connect { .. })) = client.service() {
+                connected = true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(connected);
+
+        let key = InputEvent::Key {
+            down: true,
+            vk: 0x41,
+            modifiers: 0,
+            no_normalize: false,
+        };
+        let click = InputEvent::MouseButton {
+            button: MouseButton::Left,
+            down: true,
+        };
+        let outside = InputEvent::MousePosition {
+            x: 1280,
+            y: 0,
+            ref_width: 1280,
+            ref_height: 720,
+        };
+        let encode = |e: &InputEvent| lumen_core::input::encode(e).unwrap();
+        let mut crypto = ControlCrypto::client(&KEY, IvMode::V2);
+        // Keyboard on channel 2, mouse on 3 (§5.1); then a packet with an unknown magic and one
+        // that decodes but lies outside its plane.
+        for (channel, packet) in [
+            (2, encode(&key)),
+            (3, encode(&click)),
+            (3, vec![0, 0, 0, 5, 0xEE, 0, 0, 0, 1]),
+            (3, encode(&outside)),
+        ] {
+            let (t, p) = ClientMessage::Input(packet).encode();
+            let sealed = crypto.seal(t, &p).unwrap();
+            client
+                .peer_mut(peer)
+                .send(channel, &Packet::reliable(sealed.as_slice()))
+                .unwrap();
+        }
+        let mut events = Vec::new();
+        while events.len() < 2 && Instant::now() < deadline {
+            let _ = client.service();
+            if let Ok(Some(received)) = input.try_recv::<NetToInput>() {
+                match received.msg {
+                    NetToInput::Events(batch) => events.extend(batch),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(events, [key, click]);
+
+        // lumen-input rumbles pad 1; the client gets 0x010b.
+        input
+            .send(
+                &InputToNet::Rumble {
+                    pad: 1,
+                    low_frequency: 0xFFFF,
+                    high_frequency: 0x1000,
+                },
+                &[],
+            )
+            .unwrap();
+        let mut rumble = None;
+        while rumble.is_none() && Instant::now() < deadline {
+            match client.service() {
+                Ok(Some(Event::Receive { packet, .. })) => {
+                    let o = crypto.open(packet.data()).unwrap();
+                    rumble = Some(HostMessage::parse(o.msg_type, &o.payload).unwrap());
+                }
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        assert_eq!(
+            rumble,
+            Some(HostMessage::Rumble {
+                controller: 1,
+                low_freq: 0xFFFF,
+                high_freq: 0x1000
+            })
+        );
+
+        let stopper = std::thread::spawn(move || control.stop(TERMINATION_GRACEFUL));
+        while !stopper.is_finished() {
+            let _ = client.service();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let stats = stopper.join().unwrap();
+        // Everything after the events: the stream's end, so lumen-input releases what is held.
+        assert_eq!(
+            input.recv_timeout::<NetToInput>(wait).unwrap().msg,
+            NetToInput::StreamEnded
+        );
+        assert_eq!(stats.input, 4);
+        assert_eq!(stats.input_events, 2);
+        assert_eq!(stats.input_invalid, 2);
+        assert_eq!(stats.input_dropped, 0);
+        assert_eq!(stats.rumble, 1);
+        assert_eq!(stats.rumble_dropped, 0);
+    }
+
+    /// Without an input channel the client's input is decoded, counted and dropped.
+    #[test]
+    fn input_without_a_channel_is_counted_and_dropped() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let control = Control::start(
+            ControlConfig {
+                socket: server.into(),
+                rikey: KEY,
+                iv_mode: IvMode::V2,
+                connect_data: 1,
+                input: None,
+            },
+            |_| {},
+        )
+        .unwrap();
+        let mut client = Host::new(
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            HostSettings {
+                peer_limit: 1,
+                channel_limit: CHANNELS,
+                ..HostSettings::default()
+            },
+        )
+        .unwrap();
+        let peer = client.connect(addr, CHANNELS, 1).unwrap().id();
+        let mut crypto = ControlCrypto::client(&KEY, IvMode::V2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut sent = false;
+        while control.stats().input_dropped == 0 && Instant::now() < deadline {
+            if let Ok(Some(Event::Connect { .. })) = client.service() {
+                let packet =
+                    lumen_core::input::encode(&InputEvent::MouseMove { dx: 3, dy: -3 }).unwrap();
+                let (t, p) = ClientMessage::Input(packet).encode();
+                let sealed = crypto.seal(t, &p).unwrap();
+                client
+                    .peer_mut(peer)
+                    .send(3, &Packet::reliable(sealed.as_slice()))
+                    .unwrap();
+                sent = true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(sent);
+        let stats = control.stop(TERMINATION_GRACEFUL);
+        assert_eq!((stats.input, stats.input_events), (1, 1));
+        assert_eq!(stats.input_dropped, 1);
     }
 }

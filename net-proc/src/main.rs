@@ -8,6 +8,7 @@
 
 mod broker_link;
 mod control;
+mod input_forward;
 mod nvhttp;
 mod rtsp_server;
 mod seccomp;
@@ -137,6 +138,15 @@ impl Worker {
                 }
                 self.identity = Some(update);
                 self.start_when_ready()
+            }
+            BrokerMsg::InputChannel => {
+                let [fd] = <[std::os::fd::OwnedFd; 1]>::try_from(fds)
+                    .map_err(|fds| format!("InputChannel carries {} fds, not 1", fds.len()))?;
+                input_forward::process()
+                    .replace_channel(fd)
+                    .map_err(|e| format!("InputChannel: {e}"))?;
+                eprintln!("lumen-net: input channel to lumen-input connected");
+                Ok(())
             }
             BrokerMsg::StreamRings { generation } => match &self.streams {
                 Some(streams) => {

@@ -29,6 +29,7 @@ use lumen_ipc::net_msg::{NetReply, NetRequest};
 
 use crate::broker_link::BrokerLink;
 use crate::control::{Control, ControlConfig, ControlEvent, TERMINATION_GRACEFUL};
+use crate::input_forward::StreamInput;
 use media::{MediaConfig, MediaStreams};
 
 /// How long the broker gets to start or stop capture and encode.
@@ -407,6 +408,11 @@ impl Supervisor {
                 rikey,
                 iv_mode: negotiated.control_iv,
                 connect_data: negotiated.connect_data,
+                input: Some(StreamInput::new(
+                    crate::input_forward::process(),
+                    config.width,
+                    config.height,
+                )),
             },
             move |event| {
                 let command = match event {
