@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use lumen_ipc::msg::{BrokerMsg, WorkerKind};
+use lumen_ipc::media::EncoderCapabilities;
+use lumen_ipc::msg::{BrokerMsg, WorkerKind, WorkerMsg};
 use lumen_ipc::net_msg::{NetReply, NetRequest, PairReply};
 
 use crate::net_service::NetService;
@@ -40,9 +41,10 @@ pub fn start(
                 } => {
                     // Starting may wait on the ScreenCast portal (a user prompt): off the
                     // event loop.
-                    let (supervisor, sessions) = (supervisor.clone(), sessions.clone());
+                    let (supervisor, sessions, net) =
+                        (supervisor.clone(), sessions.clone(), net.clone());
                     tokio::task::spawn_blocking(move || {
-                        stream_request(&supervisor, &sessions, id, request)
+                        stream_request(&supervisor, &sessions, &net, id, request)
                     });
                 }
                 WorkerEvent::NetRequest { id, request } => {
@@ -64,6 +66,10 @@ pub fn start(
                         }
                     });
                 }
+                WorkerEvent::Session {
+                    kind: WorkerKind::Encode,
+                    msg: WorkerMsg::EncoderCapabilities(reported),
+                } => encoder_reported(&supervisor, &net, reported),
                 WorkerEvent::Ready {
                     kind: WorkerKind::Net,
                 } => {
@@ -77,8 +83,29 @@ pub fn start(
     Ok(())
 }
 
+/// lumen-encode said what it can produce (after each of its starts): net offers exactly that in
+/// DESCRIBE from its next launch on, so it gets a fresh identity whenever the set changed.
+fn encoder_reported(supervisor: &Supervisor, net: &NetService, reported: EncoderCapabilities) {
+    let shown = format!("{reported:?}");
+    match net.set_encoder_capabilities(reported) {
+        Ok(changed) => {
+            tracing::info!("the encoder can produce {shown}");
+            if changed {
+                push_identity(supervisor, net);
+            }
+        }
+        Err(why) => tracing::warn!("lumen-encode reported malformed capabilities: {why}"),
+    }
+}
+
 /// Starts or stops the stream lumen-net negotiated; the rings of a started one follow the reply.
-fn stream_request(supervisor: &Supervisor, sessions: &Sessions, id: u64, request: NetRequest) {
+fn stream_request(
+    supervisor: &Supervisor,
+    sessions: &Sessions,
+    net: &NetService,
+    id: u64,
+    request: NetRequest,
+) {
     let reply = |reply| {
         if let Err(e) = supervisor.send(
             WorkerKind::Net,
@@ -94,6 +121,12 @@ fn stream_request(supervisor: &Supervisor, sessions: &Sessions, id: u64, request
     }
     match request {
         NetRequest::StartStream { params } => {
+            // A stream the encoder cannot produce is refused here, with the reason, rather than
+            // failing inside the encoder once the client is connected.
+            if let Err(why) = net.encoder_capabilities().check(&params) {
+                tracing::warn!("refusing a stream: {why}");
+                return reply(NetReply::Refused(why));
+            }
             match sessions.start_session(params, ConsumerTarget::Net) {
                 Ok(ends) => {
                     reply(NetReply::StreamStarting {

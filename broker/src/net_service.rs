@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use lumen_ipc::media::EncoderCapabilities;
 use lumen_ipc::net_msg::{NetIdentity, NetReply, NetRequest, PairReply, PairStage};
 use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
@@ -132,6 +133,8 @@ pub struct NetService {
     pin_wait: Duration,
     /// Whether net insists on video encryption (see `NetIdentity::encrypt_video`).
     encrypt_video: bool,
+    /// What lumen-encode last reported it can produce (empty until it has).
+    encoder: Mutex<EncoderCapabilities>,
 }
 
 impl NetService {
@@ -156,6 +159,7 @@ impl NetService {
             }),
             pin_wait: PIN_WAIT,
             encrypt_video: true,
+            encoder: Mutex::new(EncoderCapabilities::default()),
         })
     }
 
@@ -181,7 +185,26 @@ impl NetService {
             cert_pem: self.identity.cert_pem.clone(),
             paired_sha256,
             encrypt_video: self.encrypt_video,
+            encoder: self.encoder_capabilities(),
         }
+    }
+
+    /// What lumen-encode last reported.
+    pub fn encoder_capabilities(&self) -> EncoderCapabilities {
+        self.encoder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes lumen-encode's report (after each of its starts); a malformed one is refused and the
+    /// last good one kept. Returns whether what net offers changed.
+    pub fn set_encoder_capabilities(&self, reported: EncoderCapabilities) -> Result<bool, String> {
+        reported.validate()?;
+        let mut current = self.encoder.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = *current != reported;
+        *current = reported;
+        Ok(changed)
     }
 
     /// Sets whether streams insist on video encryption (on by default).
@@ -399,6 +422,31 @@ mod tests {
         let service =
             NetService::new(identity, Arc::new(Mutex::new(clients)), slot.clone()).unwrap();
         (service, slot, dir)
+    }
+
+    #[test]
+    fn encoder_capabilities_reach_the_identity_and_malformed_ones_are_refused() {
+        use lumen_ipc::media::{AudioLayout, VideoCodec};
+        let (service, _, dir) = service();
+        assert_eq!(service.identity().encoder, EncoderCapabilities::default());
+        let reported = EncoderCapabilities {
+            codecs: vec![VideoCodec::H264, VideoCodec::Av1],
+            audio_layouts: vec![AudioLayout::Stereo, AudioLayout::Surround51],
+        };
+        assert_eq!(service.set_encoder_capabilities(reported.clone()), Ok(true));
+        assert_eq!(service.identity().encoder, reported);
+        // The same report again (a restarted encoder on the same machine) changes nothing.
+        assert_eq!(
+            service.set_encoder_capabilities(reported.clone()),
+            Ok(false)
+        );
+        let malformed = EncoderCapabilities {
+            codecs: vec![VideoCodec::Hevc, VideoCodec::Hevc],
+            audio_layouts: Vec::new(),
+        };
+        assert!(service.set_encoder_capabilities(malformed).is_err());
+        assert_eq!(service.encoder_capabilities(), reported);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     async fn stage(service: &NetService, id: &str, stage: PairStage) -> PairReply {

@@ -3,6 +3,7 @@
 
 mod annexb;
 mod audio;
+mod capabilities;
 mod control;
 mod cuda_pool;
 mod scale;
@@ -14,11 +15,18 @@ mod video;
 mod tests;
 
 use ffmpeg_next as ffmpeg;
+use lumen_ipc::msg::WorkerMsg;
+
+/// What `prepare` found out: the video encoders that open here and the audio layouts Opus takes.
+struct Prepared {
+    video: video::Probe,
+    audio_layouts: Vec<lumen_ipc::media::AudioLayout>,
+}
 
 /// Before lock-down: load FFmpeg and the codec libraries and find out which encoders open here, by
 /// opening each once (x264/x265/SVT-AV1 read CPU and NUMA details from /proc and /sys while they
-/// can, NVENC would load libcuda), and run Opus and swscale once each.
-fn prepare() -> Result<video::Probe, String> {
+/// can, NVENC would load libcuda), and run Opus (every layout) and swscale once each.
+fn prepare() -> Result<Prepared, String> {
     // SVT-AV1 logs its configuration at info level on every open; errors only (it reads this
     // when an encoder is created; prepare still runs single-threaded).
     if std::env::var_os("SVT_LOG").is_none() {
@@ -32,22 +40,23 @@ fn prepare() -> Result<video::Probe, String> {
     for (backend, why) in &probe.unusable {
         eprintln!("lumen-encode: {} unavailable: {why}", backend.name());
     }
-    for layout in [
-        lumen_ipc::media::AudioLayout::Stereo,
-        lumen_ipc::media::AudioLayout::Surround51,
-        lumen_ipc::media::AudioLayout::Surround71,
-    ] {
-        let mut enc = audio::OpusEncoder::new(layout, 5).map_err(|e| format!("Opus: {e}"))?;
-        let silence = vec![0f32; enc.samples_per_packet() * usize::from(enc.layout().channels)];
-        enc.encode(&silence).map_err(|e| format!("Opus: {e}"))?;
-    }
+    let audio_layouts = capabilities::probe_audio()?;
     scale::warm_up().map_err(|e| format!("swscale: {e}"))?;
-    Ok(probe)
+    Ok(Prepared {
+        video: probe,
+        audio_layouts,
+    })
 }
 
 fn main() -> std::process::ExitCode {
-    lumen_ipc::worker::run_prepared(&seccomp::policy(), prepare, |probe, reports| {
-        let mut handler = session::Handler::new(probe, reports);
+    lumen_ipc::worker::run_prepared(&seccomp::policy(), prepare, |prepared, reports| {
+        // Right after Ready, before any session: the broker tells lumen-net what DESCRIBE may
+        // offer and refuses streams that ask for anything else.
+        let capabilities = capabilities::report(&prepared.video, &prepared.audio_layouts);
+        if let Err(e) = reports.send(&WorkerMsg::EncoderCapabilities(capabilities), &[]) {
+            eprintln!("lumen-encode: reporting the encoder's capabilities: {e}");
+        }
+        let mut handler = session::Handler::new(prepared.video, reports);
         move |msg, fds| handler.handle(msg, fds)
     })
 }

@@ -190,6 +190,10 @@ mod tests {
                 cert_pem: "-----BEGIN CERTIFICATE-----".into(),
                 paired_sha256: vec![[7; 32]],
                 encrypt_video: true,
+                encoder: crate::media::EncoderCapabilities {
+                    codecs: vec![VideoCodec::H264, VideoCodec::Av1],
+                    audio_layouts: vec![AudioLayout::Stereo, AudioLayout::Surround71],
+                },
             }),
             BrokerMsg::NetReply {
                 id: 3,
@@ -249,6 +253,16 @@ mod tests {
                 message: vec![9; 130],
             },
         });
+        all.push(WorkerMsg::EncoderCapabilities(
+            crate::media::EncoderCapabilities {
+                codecs: vec![VideoCodec::H264, VideoCodec::Hevc, VideoCodec::Av1],
+                audio_layouts: vec![
+                    AudioLayout::Stereo,
+                    AudioLayout::Surround51,
+                    AudioLayout::Surround71,
+                ],
+            },
+        ));
         for m in &all {
             match m {
                 WorkerMsg::Ready { .. }
@@ -257,7 +271,8 @@ mod tests {
                 | WorkerMsg::SessionStarted { .. }
                 | WorkerMsg::SessionFailed { .. }
                 | WorkerMsg::SessionStats { .. }
-                | WorkerMsg::NetRequest { .. } => {}
+                | WorkerMsg::NetRequest { .. }
+                | WorkerMsg::EncoderCapabilities(_) => {}
             }
         }
         all

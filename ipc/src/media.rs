@@ -164,6 +164,78 @@ impl SessionParams {
     }
 }
 
+/// What `lumen-encode` can produce here, found once at its start (it opens every encoder it knows
+/// before lock-down) and reported to the broker after each `Ready`. The broker passes it to
+/// lumen-net, whose DESCRIBE offers exactly this, and refuses a stream that asks for anything else.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncoderCapabilities {
+    /// Video codecs at least one encoder opened for, each once.
+    pub codecs: Vec<VideoCodec>,
+    /// Audio layouts the Opus encoder took, each once.
+    pub audio_layouts: Vec<AudioLayout>,
+}
+
+impl EncoderCapabilities {
+    /// Refuses repeated entries (so neither list can outgrow its enum).
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, codec) in self.codecs.iter().enumerate() {
+            if self.codecs[..i].contains(codec) {
+                return Err(format!("codec {} listed twice", codec.name()));
+            }
+        }
+        for (i, layout) in self.audio_layouts.iter().enumerate() {
+            if self.audio_layouts[..i].contains(layout) {
+                return Err(format!(
+                    "audio layout of {} channels listed twice",
+                    layout.channels()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn has_codec(&self, codec: VideoCodec) -> bool {
+        self.codecs.contains(&codec)
+    }
+
+    pub fn has_layout(&self, layout: AudioLayout) -> bool {
+        self.audio_layouts.contains(&layout)
+    }
+
+    /// Whether a session with `params` can be encoded here; why not, naming what the encoder has.
+    pub fn check(&self, params: &SessionParams) -> Result<(), String> {
+        if !self.has_codec(params.codec) {
+            let have: Vec<&str> = self.codecs.iter().map(|c| c.name()).collect();
+            return Err(format!(
+                "the encoder cannot produce {} (it reported: {})",
+                params.codec.name(),
+                if have.is_empty() {
+                    "nothing yet".to_string()
+                } else {
+                    have.join(", ")
+                }
+            ));
+        }
+        if !self.has_layout(params.audio) {
+            let have: Vec<String> = self
+                .audio_layouts
+                .iter()
+                .map(|l| format!("{} channels", l.channels()))
+                .collect();
+            return Err(format!(
+                "the encoder cannot produce {}-channel audio (it reported: {})",
+                params.audio.channels(),
+                if have.is_empty() {
+                    "nothing yet".to_string()
+                } else {
+                    have.join(", ")
+                }
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Pixel layouts a frame slot may hold.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PixelFormat {
@@ -394,6 +466,51 @@ mod tests {
             audio: AudioLayout::Stereo,
             audio_packet_ms: 5,
         }
+    }
+
+    #[test]
+    fn encoder_capabilities_refuse_what_was_not_reported() {
+        let caps = EncoderCapabilities {
+            codecs: vec![VideoCodec::H264, VideoCodec::Av1],
+            audio_layouts: vec![AudioLayout::Stereo, AudioLayout::Surround51],
+        };
+        assert!(caps.validate().is_ok());
+        assert!(caps.check(&params()).is_ok());
+        let av1_51 = SessionParams {
+            codec: VideoCodec::Av1,
+            audio: AudioLayout::Surround51,
+            ..params()
+        };
+        assert!(caps.check(&av1_51).is_ok());
+        let hevc = SessionParams {
+            codec: VideoCodec::Hevc,
+            ..params()
+        };
+        let why = caps.check(&hevc).unwrap_err();
+        assert!(why.contains("hevc") && why.contains("h264, av1"), "{why}");
+        let surround71 = SessionParams {
+            audio: AudioLayout::Surround71,
+            ..params()
+        };
+        let why = caps.check(&surround71).unwrap_err();
+        assert!(why.contains("8-channel"), "{why}");
+        // Nothing reported yet (the encoder is not up): every stream is refused.
+        let why = EncoderCapabilities::default().check(&params()).unwrap_err();
+        assert!(why.contains("nothing yet"), "{why}");
+    }
+
+    #[test]
+    fn encoder_capabilities_refuse_repeats() {
+        let twice = EncoderCapabilities {
+            codecs: vec![VideoCodec::H264, VideoCodec::H264],
+            audio_layouts: vec![AudioLayout::Stereo],
+        };
+        assert!(twice.validate().is_err());
+        let twice = EncoderCapabilities {
+            codecs: vec![VideoCodec::H264],
+            audio_layouts: vec![AudioLayout::Stereo, AudioLayout::Stereo],
+        };
+        assert!(twice.validate().is_err());
     }
 
     #[test]

@@ -7,11 +7,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::media::{CaptureSource, FramePoolSpec, Generation, MediaStats, SessionParams};
+use crate::media::{
+    CaptureSource, EncoderCapabilities, FramePoolSpec, Generation, MediaStats, SessionParams,
+};
 use crate::net_msg::{NetIdentity, NetReply, NetRequest};
 
 /// Version of the worker protocol; bumped on every incompatible change of a message here.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The fd number at which a worker finds its control channel to the broker after exec.
 pub const CHANNEL_FD: i32 = 3;
@@ -212,4 +214,8 @@ pub enum WorkerMsg {
     },
     /// `lumen-net` only: an operation that needs the broker's secrets (see [`crate::net_msg`]).
     NetRequest { id: u64, request: NetRequest },
+    /// `lumen-encode` only, once right after `Ready`: the codecs and audio layouts it can encode
+    /// here (found before lock-down). The broker passes them on to lumen-net (`NetIdentity`) and
+    /// refuses streams that ask for anything else.
+    EncoderCapabilities(EncoderCapabilities),
 }

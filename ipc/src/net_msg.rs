@@ -106,7 +106,8 @@ pub enum NetReply {
 }
 
 /// What the broker tells `lumen-net` after each `Ready` and whenever it changes: the host's public
-/// identity and which client certificates are paired (net pins them in the TLS handshake).
+/// identity, which client certificates are paired (net pins them in the TLS handshake), and what
+/// the encoder can produce.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct NetIdentity {
     /// The host's uniqueid (`/serverinfo`).
@@ -119,6 +120,10 @@ pub struct NetIdentity {
     /// host faces untrusted networks; the user may turn it off on a trusted LAN
     /// (`[stream] encrypt_video = false`).
     pub encrypt_video: bool,
+    /// What lumen-encode reported it can produce (empty until it has): DESCRIBE offers HEVC, AV1
+    /// and the surround layouts only when they are here. Sent again whenever a (restarted)
+    /// encoder reports.
+    pub encoder: crate::media::EncoderCapabilities,
 }
 
 /// Whether `id` is a client uniqueid the broker keeps state under: 1..=[`MAX_UNIQUEID`] ASCII

@@ -109,6 +109,7 @@ impl Worker {
         )?;
         if let Some(identity) = &self.identity {
             streams.set_encrypt_video(identity.encrypt_video);
+            streams.set_encoder_capabilities(identity.encoder.clone());
         }
         rtsp_server::start(rtsp, streams.clone())?;
         eprintln!(
@@ -135,6 +136,7 @@ impl Worker {
                 }
                 if let Some(streams) = &self.streams {
                     streams.set_encrypt_video(update.encrypt_video);
+                    streams.set_encoder_capabilities(update.encoder.clone());
                 }
                 self.identity = Some(update);
                 self.start_when_ready()

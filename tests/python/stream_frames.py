@@ -12,10 +12,21 @@ computed from the decoded BGR picture). Then, by END:
   quit   quits the app (/cancel) while still streaming, waits for the host to end the stream
          (the client's termination callback), then stops
 
+  stream ... END AUDIO_CHANNELS
+
+with a twelfth argument (2, 6 or 8) the client asks for that audio layout and records the audio
+while it decodes the frames; the summary gets "audio": the Opus configuration the client took from
+DESCRIBE (moonlight-common-c's audio init callback), how many packets and PCM chunks it decoded,
+their channel count, and for each decoded channel its dominant frequency and RMS level.
+moonlight-python's start_stream has no audio parameter: the layout goes into its StreamConfig
+dataclass (`audio_configuration`, moonlight-common-c's MAKE_AUDIO_CONFIGURATION), which both the
+/launch request (surroundAudioInfo) and LiStartConnection read.
+
 The last stdout line is a JSON summary; failures are reported there ("error"), never as a bare
 traceback.
 """
 
+import functools
 import json
 import struct
 import sys
@@ -23,7 +34,13 @@ import time
 
 import numpy as np
 
+import moonlight_python
 from moonlight_python import MoonlightClient
+
+# moonlight-common-c's channel masks (Limelight.h AUDIO_CONFIGURATION_*).
+CHANNEL_MASKS = {2: 0x3, 6: 0x3F, 8: 0x63F}
+# Seconds of audio recorded for the summary (the client drops its first 500 ms itself).
+AUDIO_SECONDS = 2.0
 
 
 def emit(result):
@@ -43,15 +60,68 @@ def current_game(client):
     return http.parse_server_info(http.get_server_info(use_https=True)).current_game
 
 
-def stream(host, port, identity_dir, codec, width, height, fps, count, out_path, end):
+def ask_for_audio_layout(channels):
+    """Makes every StreamConfig moonlight-python builds ask for `channels` audio channels."""
+    config = (CHANNEL_MASKS[channels] << 16) | (channels << 8) | 0xCA
+    moonlight_python.StreamConfig = functools.partial(
+        moonlight_python.StreamConfig, audio_configuration=config)
+
+
+def record_audio(client, seconds):
+    """Decoded PCM for `seconds` (or until 10 s pass), and what the client negotiated."""
+    manager = client._stream_manager
+    sub = manager.subscribe_audio()
+    chunks = []
+    samples = 0
+    deadline = time.monotonic() + 10.0
+    try:
+        while samples < seconds * 48000 and time.monotonic() < deadline:
+            chunk = sub.get(timeout=0.5)
+            if chunk is not None:
+                chunks.append(chunk)
+                samples += chunk.data.shape[0]
+    finally:
+        manager.unsubscribe_audio(sub)
+    opus = client._session.opus_config
+    summary = {
+        "opus": {
+            "channel_count": opus.channel_count,
+            "streams": opus.streams,
+            "coupled_streams": opus.coupled_streams,
+            "mapping": list(opus.mapping),
+            "samples_per_frame": opus.samples_per_frame,
+        },
+        "chunks": len(chunks),
+        "chunk_channels": sorted({c.channels for c in chunks}),
+        "pcm_channels": sorted({int(c.data.shape[1]) for c in chunks}),
+        "samples": samples,
+        "loss": dict(client._session.audio_loss_stats),
+    }
+    if chunks:
+        pcm = np.concatenate([c.data for c in chunks]).astype(np.float64)
+        # The newest second: 1 Hz bins.
+        window = pcm[-48000:]
+        spectrum = np.abs(np.fft.rfft(window, axis=0))
+        freqs = np.fft.rfftfreq(window.shape[0], 1.0 / 48000)
+        summary["channel_hz"] = [float(freqs[np.argmax(spectrum[1:, ch]) + 1])
+                                 for ch in range(window.shape[1])]
+        summary["channel_rms"] = [float(np.sqrt(np.mean(window[:, ch] ** 2)))
+                                  for ch in range(window.shape[1])]
+    return summary
+
+
+def stream(host, port, identity_dir, codec, width, height, fps, count, out_path, end,
+           audio_channels=None):
+    if audio_channels is not None:
+        ask_for_audio_layout(audio_channels)
     client = MoonlightClient(config_dir=identity_dir)
     client.connect(host, port)
     result = {"frames": 0, "current_game_before": current_game(client)}
     started = time.monotonic()
     try:
         client.start_stream(app="Desktop", width=width, height=height, fps=fps, codec=codec,
-                            bitrate_kbps=1500, black_frame_threshold=-1, record_audio=False,
-                            ready_timeout=20.0)
+                            bitrate_kbps=1500, black_frame_threshold=-1,
+                            record_audio=audio_channels is not None, ready_timeout=20.0)
         result["ready_s"] = round(time.monotonic() - started, 3)
         with open(out_path, "wb") as out:
             for frame in client.frames():
@@ -63,6 +133,8 @@ def stream(host, port, identity_dir, codec, width, height, fps, count, out_path,
                 result["frames"] += 1
                 if result["frames"] >= count:
                     break
+        if audio_channels is not None:
+            result["audio"] = record_audio(client, AUDIO_SECONDS)
         if end == "quit":
             session = client._session
             client.quit_app()
@@ -89,6 +161,10 @@ def main(argv):
     if len(argv) == 11 and argv[0] == "stream" and argv[10] in ("stop", "quit"):
         stream(argv[1], int(argv[2]), argv[3], argv[4], int(argv[5]), int(argv[6]),
                int(argv[7]), int(argv[8]), argv[9], argv[10])
+    elif (len(argv) == 12 and argv[0] == "stream" and argv[10] in ("stop", "quit")
+          and argv[11] in ("2", "6", "8")):
+        stream(argv[1], int(argv[2]), argv[3], argv[4], int(argv[5]), int(argv[6]),
+               int(argv[7]), int(argv[8]), argv[9], argv[10], int(argv[11]))
     else:
         sys.exit(__doc__)
 

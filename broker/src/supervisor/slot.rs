@@ -613,6 +613,18 @@ impl Slot {
                     }
                     let _ = self.events.send(WorkerEvent::NetRequest { id, request });
                 }
+                WorkerMsg::EncoderCapabilities(capabilities) => {
+                    if self.kind != WorkerKind::Encode || ready_at.is_none() {
+                        return ChannelVerdict::Kill(
+                            "sent encoder capabilities (only a ready lumen-encode may)".into(),
+                        );
+                    }
+                    // The broker's dispatcher takes these (DESCRIBE, StartStream checks).
+                    let _ = self.events.send(WorkerEvent::Session {
+                        kind: self.kind,
+                        msg: WorkerMsg::EncoderCapabilities(capabilities),
+                    });
+                }
                 msg @ (WorkerMsg::SessionStarted { .. }
                 | WorkerMsg::SessionFailed { .. }
                 | WorkerMsg::SessionStats { .. }) => {

@@ -329,6 +329,7 @@ mod tests {
             cert_pem: pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3])),
             paired_sha256: vec![PAIRED],
             encrypt_video: true,
+            encoder: Default::default(),
         })
         .unwrap();
         Arc::new(host)

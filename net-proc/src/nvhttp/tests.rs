@@ -108,6 +108,7 @@ fn server_with(paired: &[&Identity], limits: Limits) -> Server {
                 .map(|id| Sha256::digest(&id.cert_der).into())
                 .collect(),
             encrypt_video: true,
+            encoder: Default::default(),
         },
         "testbox".into(),
         limits,
@@ -295,6 +296,7 @@ fn unknown_missing_and_unpaired_certificates_get_401() {
             cert_pem: pem::encode(&pem::Pem::new("CERTIFICATE", server.host_cert.clone())),
             paired_sha256: Vec::new(),
             encrypt_video: true,
+            encoder: Default::default(),
         })
         .unwrap();
     let (body, _) = https_get(&server, &rustls::version::TLS13, Some(&paired), "/applist");

@@ -21,10 +21,11 @@ use std::time::Duration;
 use lumen_core::audio_packetizer::{AudioEncryption, AudioStreamConfig};
 use lumen_core::fec::FecConfig;
 use lumen_core::rtsp::{
-    self, DescribeParams, Event, Negotiated, RtspSession, SessionParams, StreamConfig, VideoCodec,
+    self, DescribeParams, Event, Negotiated, RtspSession, SessionParams, StreamConfig,
+    SurroundOffer, SurroundParams, VideoCodec,
 };
 use lumen_core::video_packetizer::{VideoEncryption, VideoStreamConfig};
-use lumen_ipc::media::{self as ipc_media, AudioLayout, Generation};
+use lumen_ipc::media::{self as ipc_media, AudioLayout, EncoderCapabilities, Generation};
 use lumen_ipc::net_msg::{NetReply, NetRequest};
 
 use crate::broker_link::BrokerLink;
@@ -101,6 +102,8 @@ pub struct Streams {
     ports: Ports,
     /// Insist on video encryption in DESCRIBE (the broker's `[stream] encrypt_video`).
     encrypt_video: std::sync::atomic::AtomicBool,
+    /// What lumen-encode can produce (the broker's `NetIdentity.encoder`): what DESCRIBE offers.
+    encoder: Mutex<EncoderCapabilities>,
     launch: Mutex<Option<Launch>>,
     next_launch: AtomicU64,
     commands: Mutex<mpsc::Sender<Command>>,
@@ -112,26 +115,45 @@ fn random<const N: usize>() -> Result<[u8; N], String> {
     Ok(bytes)
 }
 
-/// What DESCRIBE offers: H.264 and HEVC (what lumen-encode produces), the v2 control IV, audio
-/// encryption (which the client turns on anyway, §4.3) and video encryption. With
-/// `encrypt_video` (the default: this host faces untrusted networks) video encryption is
-/// requested, so every client that can encrypt does; without it, only offered.
-fn describe_params(encrypt_video: bool) -> DescribeParams {
+/// What DESCRIBE offers: exactly what lumen-encode reported it can produce (`encoder`; H.264 needs
+/// no marker, the client always assumes it), the v2 control IV, audio encryption (which the client
+/// turns on anyway, §4.3) and video encryption. With `encrypt_video` (the default: this host faces
+/// untrusted networks) video encryption is requested, so every client that can encrypt does;
+/// without it, only offered. Each surround layout is offered with the coding the encoder uses
+/// ([`AudioLayout::opus_layout`]) and no high-quality line: the encoder has one coding per layout,
+/// and a second line would let the client ask for a coding it does not produce.
+fn describe_params(encrypt_video: bool, encoder: &EncoderCapabilities) -> DescribeParams {
     let video = if encrypt_video {
         rtsp::sdp::SS_ENC_VIDEO
     } else {
         0
     };
+    let surround = [AudioLayout::Surround51, AudioLayout::Surround71]
+        .into_iter()
+        .filter(|layout| encoder.has_layout(*layout))
+        .map(|layout| {
+            let coding = layout.opus_layout();
+            SurroundOffer {
+                normal: SurroundParams {
+                    channels: coding.channels,
+                    streams: coding.streams,
+                    coupled: coding.coupled,
+                    mapping: coding.mapping,
+                },
+                high: None,
+            }
+        })
+        .collect();
     DescribeParams {
-        hevc: true,
-        av1: false,
+        hevc: encoder.has_codec(ipc_media::VideoCodec::Hevc),
+        av1: encoder.has_codec(ipc_media::VideoCodec::Av1),
         rfi: false,
         ss_feature_flags: 0,
         encryption_supported: rtsp::sdp::SS_ENC_CONTROL_V2
             | rtsp::sdp::SS_ENC_AUDIO
             | rtsp::sdp::SS_ENC_VIDEO,
         encryption_requested: rtsp::sdp::SS_ENC_CONTROL_V2 | video,
-        surround: Vec::new(),
+        surround,
     }
 }
 
@@ -146,6 +168,7 @@ impl Streams {
         let streams = Arc::new(Streams {
             ports,
             encrypt_video: std::sync::atomic::AtomicBool::new(true),
+            encoder: Mutex::new(EncoderCapabilities::default()),
             launch: Mutex::new(None),
             next_launch: AtomicU64::new(1),
             commands: Mutex::new(tx.clone()),
@@ -169,6 +192,11 @@ impl Streams {
     /// Whether the next launches insist on video encryption.
     pub fn set_encrypt_video(&self, on: bool) {
         self.encrypt_video.store(on, Ordering::Relaxed);
+    }
+
+    /// What the next launches offer in DESCRIBE (a launch in progress keeps its offer).
+    pub fn set_encoder_capabilities(&self, encoder: EncoderCapabilities) {
+        *self.encoder.lock().unwrap_or_else(PoisonError::into_inner) = encoder;
     }
 
     fn send(&self, command: Command) {
@@ -207,7 +235,10 @@ impl Streams {
             control_port: self.ports.control,
             ping_payload: hex::encode_upper(ping),
             connect_data: u32::from_be_bytes([c0, c1, c2, c3]),
-            describe: describe_params(self.encrypt_video.load(Ordering::Relaxed)),
+            describe: describe_params(
+                self.encrypt_video.load(Ordering::Relaxed),
+                &self.encoder.lock().unwrap_or_else(PoisonError::into_inner),
+            ),
             fec_percentage: 20,
         };
         let rtsp = RtspSession::new(params).map_err(|e| format!("RTSP session: {e}"))?;

@@ -124,6 +124,10 @@ async fn a_launch_runs_the_rtsp_handshake_starts_the_stream_and_cancel_stops_it(
     // The recorded client ANNOUNCE below leaves video encryption off, which the default (video
     // encryption requested) refuses with 403; this test is about the handshake.
     streams.set_encrypt_video(false);
+    streams.set_encoder_capabilities(EncoderCapabilities {
+        codecs: vec![ipc_media::VideoCodec::H264, ipc_media::VideoCodec::Hevc],
+        audio_layouts: vec![AudioLayout::Stereo],
+    });
     crate::rtsp_server::start(listener.into(), streams.clone()).unwrap();
     assert_eq!(streams.current_game(), 0);
 
@@ -258,14 +262,22 @@ fn announced_settings_map_onto_the_encoder_and_bad_ones_are_refused() {
     assert_eq!(params.audio, AudioLayout::Surround51);
 }
 
+fn capabilities(codecs: &[ipc_media::VideoCodec], layouts: &[AudioLayout]) -> EncoderCapabilities {
+    EncoderCapabilities {
+        codecs: codecs.to_vec(),
+        audio_layouts: layouts.to_vec(),
+    }
+}
+
 #[test]
 fn video_encryption_is_requested_by_default_and_only_offered_when_turned_off() {
-    let on = super::describe_params(true);
+    let h264 = capabilities(&[ipc_media::VideoCodec::H264], &[AudioLayout::Stereo]);
+    let on = super::describe_params(true, &h264);
     assert_ne!(
         on.encryption_requested & lumen_core::rtsp::sdp::SS_ENC_VIDEO,
         0
     );
-    let off = super::describe_params(false);
+    let off = super::describe_params(false, &h264);
     assert_eq!(
         off.encryption_requested & lumen_core::rtsp::sdp::SS_ENC_VIDEO,
         0
@@ -274,4 +286,92 @@ fn video_encryption_is_requested_by_default_and_only_offered_when_turned_off() {
         off.encryption_supported & lumen_core::rtsp::sdp::SS_ENC_VIDEO,
         0
     );
+}
+
+/// The DESCRIBE body lumen-net sends for what the encoder reported.
+fn describe_for(encoder: &EncoderCapabilities) -> String {
+    lumen_core::rtsp::describe_body(&super::describe_params(true, encoder)).unwrap()
+}
+
+/// The mapping moonlight-common-c derives from the first `surround-params=<channels>` line
+/// (RtspConnection.c, parseOpusConfigurations): streams, coupled, then the mapping with its last
+/// entry moved to index 3 (the GFE order FL FR C BL BR SL SR LFE back to FL FR C LFE BL BR SL SR).
+fn client_reads(body: &str, channels: u8) -> Option<(u8, u8, Vec<u8>)> {
+    let prefix = format!("a=fmtp:97 surround-params={channels}");
+    let digits: Vec<u8> = body[body.find(&prefix)? + prefix.len()..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .map(|b| b - b'0')
+        .collect();
+    let (&streams, rest) = digits.split_first()?;
+    let (&coupled, rest) = rest.split_first()?;
+    let mut mapping = rest.get(..usize::from(channels))?.to_vec();
+    let lfe = mapping.pop()?;
+    mapping.insert(3, lfe);
+    Some((streams, coupled, mapping))
+}
+
+#[test]
+fn describe_offers_only_the_codecs_the_encoder_reported() {
+    use ipc_media::VideoCodec::{Av1, Hevc, H264};
+    let h264 = describe_for(&capabilities(&[H264], &[AudioLayout::Stereo]));
+    assert!(!h264.contains("sprop-parameter-sets=AAAAAU"), "{h264}");
+    assert!(!h264.contains("AV1/90000"), "{h264}");
+    assert!(!h264.contains("surround-params"), "{h264}");
+    let hevc = describe_for(&capabilities(&[H264, Hevc], &[AudioLayout::Stereo]));
+    assert!(hevc.contains("\nsprop-parameter-sets=AAAAAU\n"), "{hevc}");
+    assert!(!hevc.contains("AV1/90000"), "{hevc}");
+    // AV1 without HEVC (a host whose x265 is missing): only the AV1 marker.
+    let av1 = describe_for(&capabilities(&[H264, Av1], &[AudioLayout::Stereo]));
+    assert!(av1.contains("\na=rtpmap:98 AV1/90000\n"), "{av1}");
+    assert!(!av1.contains("AAAAAU"), "{av1}");
+    // Nothing reported yet: the client falls back to H.264, which the broker then refuses
+    // until the encoder is up.
+    let nothing = describe_for(&EncoderCapabilities::default());
+    assert!(!nothing.contains("AAAAAU") && !nothing.contains("AV1/90000"));
+}
+
+#[test]
+fn describe_offers_the_surround_layouts_the_encoder_reported_with_its_mapping() {
+    use ipc_media::VideoCodec::H264;
+    let only51 = describe_for(&capabilities(
+        &[H264],
+        &[AudioLayout::Stereo, AudioLayout::Surround51],
+    ));
+    // Sunshine's normal 5.1 line: identity coding, entry 3 (LFE) moved to the end.
+    assert!(
+        only51.contains("\na=fmtp:97 surround-params=642012453\n"),
+        "{only51}"
+    );
+    assert!(!only51.contains("surround-params=8"), "{only51}");
+    // One line per layout: a second one would offer a high-quality coding the encoder lacks.
+    assert_eq!(only51.matches("surround-params=6").count(), 1, "{only51}");
+    let both = describe_for(&capabilities(
+        &[H264],
+        &[
+            AudioLayout::Stereo,
+            AudioLayout::Surround51,
+            AudioLayout::Surround71,
+        ],
+    ));
+    assert!(
+        both.contains("\na=fmtp:97 surround-params=85301245673\n"),
+        "{both}"
+    );
+    // Read as the client reads it, each line gives back the coding the encoder uses.
+    for layout in [AudioLayout::Surround51, AudioLayout::Surround71] {
+        let coding = layout.opus_layout();
+        let channels = usize::from(coding.channels);
+        assert_eq!(
+            client_reads(&both, coding.channels),
+            Some((
+                coding.streams,
+                coding.coupled,
+                coding.mapping[..channels].to_vec()
+            )),
+            "{layout:?}: {both}"
+        );
+    }
+    let stereo = describe_for(&capabilities(&[H264], &[AudioLayout::Stereo]));
+    assert_eq!(client_reads(&stereo, 6), None);
 }
