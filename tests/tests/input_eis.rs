@@ -522,3 +522,50 @@ fn an_oversized_batch_is_dropped_and_counted() -> Result<()> {
     assert_eq!(motions, 0);
     Ok(())
 }
+
+#[test]
+fn the_broker_hands_lumen_input_the_eis_socket_and_reports_gamepads() -> Result<()> {
+    let scratch = lumen_tests::ScratchDir::new("input-eis-socket")?;
+    let socket = scratch.path().join("eis-0");
+    let eis = EisServer::listen(&socket)?;
+    let config = format!("[input]\neis_socket = \"{}\"\n", socket.display());
+    let broker = lumen_tests::Broker::start_with_config("input-broker", &config)?;
+    eis.wait_for("lumen-input to bind", WAIT, |c| {
+        c.first()
+            .is_some_and(|c| c.seen.iter().any(|s| matches!(s, Seen::Bound { .. })))
+    })?;
+    let status = broker.wait_until(WAIT, "input statistics in status", |s| {
+        !s["input"]["stats"].is_null()
+    })?;
+    let input = &status["input"];
+    assert_eq!(
+        input["eis"],
+        format!("connected to {}", socket.display()).as_str()
+    );
+    if std::path::Path::new("/dev/uinput").exists() {
+        assert_eq!(input["uinput_slots"], 15, "{input}");
+    } else {
+        assert_eq!(input["gamepads_unavailable"], "/dev/uinput missing");
+        assert_eq!(input["uinput_slots"], 0);
+    }
+    let table = String::from_utf8(broker.cli(&["status"])?.stdout)?;
+    assert!(table.contains("input: EIS connected to"), "{table}");
+
+    // A killed lumen-input is restarted with a fresh EIS connection.
+    let pid = lumen_tests::worker(&status, "Input")
+        .and_then(|w| w["pid"].as_u64())
+        .context("no lumen-input pid in status")?;
+    lumen_tests::signal(pid as u32, libc::SIGKILL)?;
+    let connections = eis.wait_for("a second connection after the restart", WAIT, |c| {
+        c.len() >= 2 && c[1].seen.iter().any(|s| matches!(s, Seen::Bound { .. }))
+    })?;
+    assert!(!connections[0].open);
+    assert_eq!(
+        connections[1].seen[0],
+        Seen::Connected {
+            name: "lumen-input".into()
+        }
+    );
+    assert!(connections.iter().all(|c| c.held_keys().is_empty()));
+    Ok(())
+}
