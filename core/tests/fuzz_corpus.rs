@@ -15,6 +15,7 @@ use lumen_core::control::{
     self, ClientMessage, ControlCrypto, FrameFecStatus, HdrMetadata, HostMessage, IvMode,
     LossStats, Termination,
 };
+use lumen_core::input;
 use lumen_core::nvhttp::{self, Listener, NvRequest, PairRequest};
 use lumen_core::rtsp::{self, RtspCrypto, RtspSession};
 
@@ -28,6 +29,8 @@ const TARGETS: &[(&str, Entry)] = &[
     ("control_envelope", control::fuzz::control_envelope),
     ("http_request", nvhttp::fuzz::http_request),
     ("pairing_fields", nvhttp::fuzz::pairing_fields),
+    ("input_packet", input::fuzz::input_packet),
+    ("input_channel", input::fuzz::input_channel),
 ];
 
 /// Per-input budget (debug build; release fuzzing is far faster).
@@ -291,7 +294,32 @@ fn seeds() -> Vec<(&'static str, Seeds)> {
         ("rtspenc_frame", rtspenc_frame),
         ("control_message", control_message),
         ("control_envelope", control_envelope),
+        ("input_packet", input_packet_seeds()),
+        ("input_channel", input_channel_seeds()),
     ]
+}
+
+/// One packet of every input kind, as the client encodes it (§8), and a text packet of several
+/// code points (the decoder splits it).
+fn input_packet_seeds() -> Seeds {
+    let mut seeds: Seeds = input::fuzz::every_kind()
+        .into_iter()
+        .map(|(name, event)| (name.to_owned(), input::encode(&event).expect("seed encodes")))
+        .collect();
+    let text = "hé🎮".as_bytes();
+    let mut several = ((text.len() + 4) as u32).to_be_bytes().to_vec();
+    several.extend_from_slice(&input::magic::UTF8_TEXT.to_le_bytes());
+    several.extend_from_slice(text);
+    seeds.push(("text-several".to_owned(), several));
+    seeds
+}
+
+/// What lumen-net sends lumen-input (every `NetToInput`) and what comes back (`InputToNet`).
+fn input_channel_seeds() -> Seeds {
+    input::fuzz::channel_seeds()
+        .into_iter()
+        .map(|(name, bytes)| (name.to_owned(), bytes))
+        .collect()
 }
 
 fn loss_stats() -> [u8; 32] {
