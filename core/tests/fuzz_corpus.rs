@@ -304,7 +304,12 @@ fn seeds() -> Vec<(&'static str, Seeds)> {
 fn input_packet_seeds() -> Seeds {
     let mut seeds: Seeds = input::fuzz::every_kind()
         .into_iter()
-        .map(|(name, event)| (name.to_owned(), input::encode(&event).expect("seed encodes")))
+        .map(|(name, event)| {
+            (
+                name.to_owned(),
+                input::encode(&event).expect("seed encodes"),
+            )
+        })
         .collect();
     let text = "hé🎮".as_bytes();
     let mut several = ((text.len() + 4) as u32).to_be_bytes().to_vec();
