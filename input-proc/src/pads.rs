@@ -312,6 +312,15 @@ impl Pads {
         (0..MAX_GAMEPADS).map(|i| self.remove(i)).sum()
     }
 
+    /// Pad `index`'s state, if it exists.
+    #[cfg(test)]
+    fn state_of(&self, index: u8) -> Option<PadState> {
+        self.pads
+            .get(usize::from(index))
+            .and_then(Option::as_ref)
+            .map(|p| p.state)
+    }
+
     /// The fds of existing pads, to poll for force-feedback requests.
     pub fn pollable(&self) -> Vec<(u8, std::os::fd::BorrowedFd<'_>)> {
         self.pads
@@ -644,15 +653,5 @@ pub(crate) mod tests {
         // An effect that was never uploaded plays nothing.
         kernel(Event::new(EV_FF, 5, 1));
         assert!(pads.service(4).is_empty());
-    }
-}
-
-#[cfg(test)]
-impl Pads {
-    fn state_of(&self, index: u8) -> Option<PadState> {
-        self.pads
-            .get(usize::from(index))
-            .and_then(Option::as_ref)
-            .map(|p| p.state)
     }
 }

@@ -142,7 +142,7 @@ impl Service {
             }
             for pad in ready.pads {
                 for rumble in self.pads.service(pad) {
-                    self.to_net(rumble);
+                    self.send_to_net(rumble);
                 }
             }
             for error in self.pads.errors.drain(..) {
@@ -334,7 +334,7 @@ impl Service {
         }
     }
 
-    fn to_net(&mut self, msg: InputToNet) {
+    fn send_to_net(&self, msg: InputToNet) {
         if let Some(net) = &self.net {
             // A full channel drops the rumble; the next one carries the current strength.
             let _ = net.send(&msg, &[]);
