@@ -17,7 +17,8 @@ computed from the decoded BGR picture). Then, by END:
 with a twelfth argument (2, 6 or 8) the client asks for that audio layout and records the audio
 while it decodes the frames; the summary gets "audio": the Opus configuration the client took from
 DESCRIBE (moonlight-common-c's audio init callback), how many packets and PCM chunks it decoded,
-their channel count, and for each decoded channel its dominant frequency and RMS level.
+their channel count, and for each channel in Moonlight's order its dominant frequency and RMS
+level. For AV1 the client decodes with libdav1d (see decode_av1_with_dav1d).
 moonlight-python's start_stream has no audio parameter: the layout goes into its StreamConfig
 dataclass (`audio_configuration`, moonlight-common-c's MAKE_AUDIO_CONFIGURATION), which both the
 /launch request (surroundAudioInfo) and LiStartConnection read.
@@ -35,12 +36,19 @@ import time
 import numpy as np
 
 import moonlight_python
+import moonlight_python.decoder
 from moonlight_python import MoonlightClient
 
 # moonlight-common-c's channel masks (Limelight.h AUDIO_CONFIGURATION_*).
 CHANNEL_MASKS = {2: 0x3, 6: 0x3F, 8: 0x63F}
 # Seconds of audio recorded for the summary (the client drops its first 500 ms itself).
 AUDIO_SECONDS = 2.0
+# moonlight-python decodes Opus with PyAV, whose FFmpeg reads a mapping-family-1 OpusHead as
+# Vorbis channel order and reorders the output to its own (libavcodec/vorbis_data.c,
+# ff_vorbis_channel_layout_offsets: output channel i is decoded channel OFFSETS[i]). Moonlight's
+# decoders (libopus directly) keep the decoded order, FL FR C LFE BL BR SL SR; the summary undoes
+# FFmpeg's reordering so its channels are the ones a Moonlight client plays.
+FFMPEG_VORBIS_OFFSETS = {2: [0, 1], 6: [0, 2, 1, 5, 3, 4], 8: [0, 2, 1, 7, 5, 6, 3, 4]}
 
 
 def emit(result):
@@ -58,6 +66,15 @@ def luma(bgr):
 def current_game(client):
     http = client._get_http()
     return http.parse_server_info(http.get_server_info(use_https=True)).current_game
+
+
+def decode_av1_with_dav1d():
+    """moonlight-python decodes AV1 with FFmpeg's native "av1" decoder, which only drives a
+    hardware accelerator and answers ENOSYS without one (this machine has no GPU); its PyAV wheel
+    also carries libdav1d, a software AV1 decoder, which is what a desktop client uses here."""
+    import av
+    if "libdav1d" in av.codecs_available:
+        moonlight_python.decoder.CODEC_NAMES["av1"] = "libdav1d"
 
 
 def ask_for_audio_layout(channels):
@@ -98,7 +115,11 @@ def record_audio(client, seconds):
         "loss": dict(client._session.audio_loss_stats),
     }
     if chunks:
-        pcm = np.concatenate([c.data for c in chunks]).astype(np.float64)
+        decoded = np.concatenate([c.data for c in chunks]).astype(np.float64)
+        offsets = FFMPEG_VORBIS_OFFSETS.get(decoded.shape[1], list(range(decoded.shape[1])))
+        pcm = np.empty_like(decoded)
+        for out, channel in enumerate(offsets):
+            pcm[:, channel] = decoded[:, out]
         # The newest second: 1 Hz bins.
         window = pcm[-48000:]
         spectrum = np.abs(np.fft.rfft(window, axis=0))
@@ -114,6 +135,8 @@ def stream(host, port, identity_dir, codec, width, height, fps, count, out_path,
            audio_channels=None):
     if audio_channels is not None:
         ask_for_audio_layout(audio_channels)
+    if codec == "av1":
+        decode_av1_with_dav1d()
     client = MoonlightClient(config_dir=identity_dir)
     client.connect(host, port)
     result = {"frames": 0, "current_game_before": current_game(client)}
