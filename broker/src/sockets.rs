@@ -6,12 +6,27 @@
 //! else can take it in between, and `lumen-net` needs no right to bind or connect.
 //!
 //! The broker itself never reads a byte from these sockets: it only binds, dups and hands them over.
+//!
+//! With mDNS on, one more: UDP 5353 joined to 224.0.0.251 on the bind address's interface (or on
+//! every IPv4 interface that is up when binding to all), on which `lumen-net` advertises
+//! `_nvstream._tcp`. `lumen-net` cannot list interfaces after lock-down, so the broker lists them
+//! here and tells it what to advertise ([`LanSockets::mdns_advert`]). mDNS is a convenience:
+//! when it cannot be set up, the broker says why ([`LanSockets::mdns_problem`]) and serves on.
 
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
 
 use anyhow::{bail, Context};
-use lumen_ipc::msg::SocketRole;
+use lumen_ipc::msg::{MdnsAdvert, MdnsInterface, SocketRole};
+use rustix::net::sockopt;
+
+/// RFC 6762 §3: the mDNS group and port.
+const MDNS_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
+const MDNS_PORT: u16 = 5353;
+/// DNS labels (the instance name is one) are at most 63 bytes.
+const MAX_LABEL: usize = 63;
+/// lumen-net advertises at most this many interfaces (lumen_core::mdns::MAX_INTERFACES).
+const MAX_MDNS_INTERFACES: usize = 16;
 
 /// Whether a role is served over TCP (listening) or UDP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,9 +52,12 @@ struct LanSocket {
     fd: OwnedFd,
 }
 
-/// The bound listening TCP sockets (HTTP, HTTPS, RTSP) and UDP sockets (video, control, audio).
+/// The bound listening TCP sockets (HTTP, HTTPS, RTSP) and UDP sockets (video, control, audio,
+/// and mDNS when on).
 pub struct LanSockets {
     sockets: Vec<LanSocket>,
+    mdns: Option<MdnsAdvert>,
+    mdns_problem: Option<String>,
 }
 
 impl std::fmt::Debug for LanSockets {
@@ -61,7 +79,9 @@ impl LanSockets {
     /// opens them so), and the TCP ones have `SO_REUSEADDR` (std sets it before bind), so a broker
     /// restarted while old connections linger in TIME_WAIT can bind again. An error names the
     /// role and port that failed.
-    pub fn bind(bind: IpAddr, port_base: u16) -> anyhow::Result<LanSockets> {
+    ///
+    /// With `mdns`, also the mDNS socket (see the module comment); failing that is no error.
+    pub fn bind(bind: IpAddr, port_base: u16, mdns: bool) -> anyhow::Result<LanSockets> {
         let mut sockets = Vec::with_capacity(LAYOUT.len());
         for (role, offset, transport) in LAYOUT {
             let Some(port) = port_for(port_base, offset) else {
@@ -80,7 +100,35 @@ impl LanSockets {
             };
             sockets.push(LanSocket { role, port, fd });
         }
-        Ok(LanSockets { sockets })
+        let (mut advert, mut mdns_problem) = (None, None);
+        if mdns {
+            match bind_mdns(bind, port_base) {
+                Ok((fd, found)) => {
+                    sockets.push(LanSocket {
+                        role: SocketRole::Mdns,
+                        port: MDNS_PORT,
+                        fd,
+                    });
+                    advert = Some(found);
+                }
+                Err(e) => mdns_problem = Some(format!("mDNS advertisement is off: {e:#}")),
+            }
+        }
+        Ok(LanSockets {
+            sockets,
+            mdns: advert,
+            mdns_problem,
+        })
+    }
+
+    /// What `lumen-net` advertises on the mDNS socket, when there is one.
+    pub fn mdns_advert(&self) -> Option<&MdnsAdvert> {
+        self.mdns.as_ref()
+    }
+
+    /// Why mDNS was wanted but could not be set up.
+    pub fn mdns_problem(&self) -> Option<&str> {
+        self.mdns_problem.as_deref()
     }
 
     /// Fresh dups for handing to a (re)started `lumen-net`, in the order of [`LanSockets::ports`].
@@ -104,9 +152,113 @@ impl LanSockets {
     }
 }
 
+/// The IPv4 interfaces mDNS runs on: the bind address's own, or every IPv4 interface that is up
+/// (loopback only when binding to loopback) when binding to all addresses.
+fn mdns_interfaces(bind: IpAddr) -> anyhow::Result<Vec<MdnsInterface>> {
+    let all = if_addrs::get_if_addrs().context("listing the network interfaces")?;
+    let v4 = all.iter().filter_map(|i| match &i.addr {
+        if_addrs::IfAddr::V4(a) => Some((i, a)),
+        if_addrs::IfAddr::V6(_) => None,
+    });
+    let found: Vec<MdnsInterface> = match bind {
+        IpAddr::V4(addr) if !addr.is_unspecified() => {
+            let prefix_len = v4
+                .clone()
+                .find(|(_, a)| a.ip == addr)
+                .map_or(32, |(_, a)| a.prefixlen);
+            vec![MdnsInterface {
+                address: addr,
+                prefix_len,
+            }]
+        }
+        IpAddr::V6(addr) if !addr.is_unspecified() => {
+            bail!("it answers over IPv4 and the LAN sockets are bound to the IPv6 address {addr}")
+        }
+        _ => v4
+            .filter(|(i, _)| !i.is_loopback() && i.is_oper_up())
+            .map(|(_, a)| MdnsInterface {
+                address: a.ip,
+                prefix_len: a.prefixlen,
+            })
+            .take(MAX_MDNS_INTERFACES)
+            .collect(),
+    };
+    if found.is_empty() {
+        bail!("no IPv4 interface is up to advertise on");
+    }
+    Ok(found)
+}
+
+/// The host name, as Sunshine names its instance: the kernel's node name, without control
+/// characters, cut to one DNS label.
+fn host_name() -> String {
+    let uname = rustix::system::uname();
+    let mut name: String = uname
+        .nodename()
+        .to_string_lossy()
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    while name.len() > MAX_LABEL {
+        name.pop();
+    }
+    if name.is_empty() {
+        "lumen".to_string()
+    } else {
+        name
+    }
+}
+
+/// Binds UDP 5353 with `SO_REUSEADDR` and `SO_REUSEPORT` (so it shares the port with Avahi and
+/// other responders), joins 224.0.0.251 on each interface mDNS runs on, with multicast loop on
+/// (browsers on this host see the answers) and TTL 255 (RFC 6762 §11: receivers check it).
+fn bind_mdns(bind: IpAddr, port_base: u16) -> anyhow::Result<(OwnedFd, MdnsAdvert)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let interfaces = mdns_interfaces(bind)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .context("making the mDNS socket")?;
+    sockopt::set_socket_reuseaddr(&fd, true).context("SO_REUSEADDR on the mDNS socket")?;
+    sockopt::set_socket_reuseport(&fd, true).context("SO_REUSEPORT on the mDNS socket")?;
+    let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), MDNS_PORT);
+    rustix::net::bind(&fd, &any).with_context(|| format!("binding the mDNS socket on {any}"))?;
+    let mut joined = Vec::with_capacity(interfaces.len());
+    let mut refusals = Vec::new();
+    for iface in interfaces {
+        match sockopt::set_ip_add_membership(&fd, &MDNS_GROUP, &iface.address) {
+            Ok(()) => joined.push(iface),
+            Err(e) => refusals.push(format!("{}: {e}", iface.address)),
+        }
+    }
+    if joined.is_empty() {
+        bail!(
+            "joining {MDNS_GROUP} refused on every interface ({})",
+            refusals.join(", ")
+        );
+    }
+    for refused in &refusals {
+        tracing::warn!("mDNS: not advertising on {refused}");
+    }
+    sockopt::set_ip_multicast_loop(&fd, true).context("IP_MULTICAST_LOOP on the mDNS socket")?;
+    sockopt::set_ip_multicast_ttl(&fd, 255).context("IP_MULTICAST_TTL on the mDNS socket")?;
+    let name = host_name();
+    Ok((
+        fd,
+        MdnsAdvert {
+            instance: name.clone(),
+            host: name,
+            port: port_base,
+            interfaces: joined,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
     use std::os::fd::AsFd;
 
     use rustix::net::{AddressFamily, SocketType};
@@ -115,13 +267,17 @@ mod tests {
 
     /// Binds on loopback at some free port base (tests run in parallel, other programs hold ports).
     fn bind_somewhere() -> (LanSockets, u16) {
+        bind_somewhere_with(false)
+    }
+
+    fn bind_somewhere_with(mdns: bool) -> (LanSockets, u16) {
         let mut last = None;
         for attempt in 0..50u16 {
             let base = 30_000
                 + (u16::try_from(std::process::id() % 500).unwrap_or(0)) * 40
                 + attempt * 40
                 + 5;
-            match LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base) {
+            match LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base, mdns) {
                 Ok(sockets) => return (sockets, base),
                 Err(e) => last = Some(e),
             }
@@ -178,10 +334,64 @@ mod tests {
     }
 
     #[test]
+    fn the_mdns_socket_shares_5353_joined_on_the_bind_interface() {
+        let (sockets, base) = bind_somewhere_with(true);
+        assert_eq!(sockets.mdns_problem(), None);
+        assert_eq!(sockets.ports().last(), Some(&(SocketRole::Mdns, MDNS_PORT)));
+        let advert = sockets.mdns_advert().expect("an advert");
+        assert_eq!(advert.port, base, "the SRV port is nvhttp's HTTP port");
+        assert_eq!(
+            advert.interfaces,
+            vec![MdnsInterface {
+                address: Ipv4Addr::LOCALHOST,
+                prefix_len: 8
+            }]
+        );
+        assert!(!advert.instance.is_empty() && advert.instance.len() <= MAX_LABEL);
+        let dups = sockets.dup_all().expect("dup");
+        let (role, fd) = dups.last().expect("the mDNS socket");
+        assert_eq!(*role, SocketRole::Mdns);
+        lumen_ipc::fdcheck::expect_socket(fd.as_fd(), AddressFamily::INET, SocketType::DGRAM, None)
+            .expect("a UDP socket");
+        assert!(sockopt::socket_reuseaddr(fd).expect("SO_REUSEADDR"));
+        assert!(sockopt::socket_reuseport(fd).expect("SO_REUSEPORT"));
+        assert!(sockopt::ip_multicast_loop(fd).expect("IP_MULTICAST_LOOP"));
+        assert_eq!(
+            sockopt::ip_multicast_ttl(fd).expect("IP_MULTICAST_TTL"),
+            255
+        );
+        let local = SocketAddr::try_from(rustix::net::getsockname(fd).expect("getsockname"))
+            .expect("inet address");
+        assert_eq!(
+            local,
+            SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), MDNS_PORT)
+        );
+        // A second broker (or Avahi) shares the port.
+        let (second, _) = bind_somewhere_with(true);
+        assert_eq!(second.mdns_problem(), None);
+    }
+
+    #[test]
+    fn without_mdns_there_is_no_mdns_socket_and_an_ipv6_bind_says_why_not() {
+        let (sockets, _) = bind_somewhere();
+        assert!(sockets.mdns_advert().is_none() && sockets.mdns_problem().is_none());
+        assert!(!sockets.ports().iter().any(|(r, _)| *r == SocketRole::Mdns));
+        let v6 = (0..50u16)
+            .find_map(|attempt| {
+                let base = 30_000 + (std::process::id() % 500) as u16 * 40 + attempt * 40 + 25;
+                LanSockets::bind(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), base, true).ok()
+            })
+            .expect("a free port base on ::1");
+        assert!(v6.mdns_advert().is_none());
+        let problem = v6.mdns_problem().expect("a reason");
+        assert!(problem.contains("IPv6 address ::1"), "{problem}");
+    }
+
+    #[test]
     fn a_taken_port_is_named_in_the_error() {
         let (sockets, base) = bind_somewhere();
-        let err =
-            LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base).expect_err("ports are taken");
+        let err = LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base, false)
+            .expect_err("ports are taken");
         assert!(format!("{err:#}").contains(&format!(":{base}")), "{err:#}");
         drop(sockets);
     }
@@ -190,7 +400,7 @@ mod tests {
     fn port_bases_whose_ports_leave_the_range_are_refused() {
         for base in [0, 4, 5, 65_515, u16::MAX] {
             assert!(
-                LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base).is_err(),
+                LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base, false).is_err(),
                 "port_base {base}"
             );
         }

@@ -15,7 +15,9 @@ pub struct LanSockets {
 fn expected_type(role: SocketRole) -> (SocketType, Option<bool>) {
     match role {
         SocketRole::Http | SocketRole::Https | SocketRole::Rtsp => (SocketType::STREAM, Some(true)),
-        SocketRole::Video | SocketRole::Control | SocketRole::Audio => (SocketType::DGRAM, None),
+        SocketRole::Video | SocketRole::Control | SocketRole::Audio | SocketRole::Mdns => {
+            (SocketType::DGRAM, None)
+        }
     }
 }
 

@@ -259,8 +259,14 @@ impl Broker {
     /// waits until every worker reports running. The CLI ([`Broker::cli`], [`Broker::status`])
     /// still works from outside: it talks to the broker over its state dir's Unix socket.
     pub fn start_in_netns(tag: &str, lan: &LanPair) -> Result<Broker> {
+        Broker::start_in_netns_with_config(tag, lan, "")
+    }
+
+    /// [`Broker::start_in_netns`] with `config` as its `config.toml`.
+    pub fn start_in_netns_with_config(tag: &str, lan: &LanPair, config: &str) -> Result<Broker> {
         let state_dir = ScratchDir::new(tag)?;
-        std::fs::write(state_dir.path().join("config.toml"), "").context("writing config.toml")?;
+        std::fs::write(state_dir.path().join("config.toml"), config)
+            .context("writing config.toml")?;
         let port_base = unique_port_base();
         let child = LanPair::command(&lan.host, bin("lumen-broker")?)
             .arg("--state-dir")
