@@ -6,6 +6,7 @@ pub mod moonlight;
 pub mod netns;
 pub mod pipewire_env;
 pub mod portal_env;
+pub mod restarts;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -13,7 +13,9 @@ pub(crate) struct RestartPolicy {
     pub initial_backoff: Duration,
     /// The delay doubles per failure up to this; a crash-looping worker is retried only this often.
     pub max_backoff: Duration,
-    /// A worker that stayed up (after `Ready`) this long resets the backoff and the crash loop.
+    /// A worker that stayed up (after `Ready`) this long did its work: its death resets the
+    /// backoff and the crash loop, and its successor starts at once (a stream is waiting on it).
+    /// Short enough that a worker killed every few seconds is never taken for a crash loop.
     pub stable_after: Duration,
     /// `crash_loop_failures` failures within `crash_loop_window` make a crash loop.
     pub crash_loop_failures: usize,
@@ -31,7 +33,7 @@ impl Default for RestartPolicy {
         RestartPolicy {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
-            stable_after: Duration::from_secs(30),
+            stable_after: Duration::from_secs(3),
             crash_loop_failures: 5,
             crash_loop_window: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(5),
@@ -75,9 +77,16 @@ impl Backoff {
     /// Records a failure at `now` of a worker that had been up (since `Ready`) for `up_for`.
     pub fn on_failure(&mut self, now: Instant, up_for: Duration) -> Decision {
         if up_for >= self.policy.stable_after {
+            // No sign of a loop: restart now; a successor that fails early backs off from the
+            // initial delay.
             self.next = self.policy.initial_backoff;
             self.recent.clear();
             self.failing = false;
+            return Decision {
+                delay: Duration::ZERO,
+                failing: false,
+                entered_failing: false,
+            };
         }
         let window = self.policy.crash_loop_window;
         while self
@@ -180,10 +189,31 @@ mod tests {
         assert_eq!(
             decision,
             Decision {
-                delay: policy.initial_backoff,
+                delay: Duration::ZERO,
                 failing: false,
                 entered_failing: false
             }
         );
+        // Its successor failing early backs off from the initial delay again.
+        now += ms(10);
+        assert_eq!(
+            backoff.on_failure(now, Duration::ZERO).delay,
+            policy.initial_backoff
+        );
+    }
+
+    #[test]
+    fn a_worker_killed_every_few_seconds_is_restarted_at_once_every_time() {
+        // Issue 6: ten or more SIGKILLs of one worker within two minutes while a client streams;
+        // each successor served a few seconds before the next kill.
+        let policy = RestartPolicy::default();
+        let mut backoff = Backoff::new(policy.clone());
+        let mut now = Instant::now();
+        for _ in 0..20 {
+            now += policy.stable_after + Duration::from_secs(1);
+            let decision = backoff.on_failure(now, policy.stable_after + ms(500));
+            assert_eq!(decision.delay, Duration::ZERO);
+            assert!(!decision.failing);
+        }
     }
 }

@@ -1,0 +1,283 @@
+//! Restart gaps as the real client sees them: reading what `tests/python/stream_timed.py` wrote
+//! (arrival time, client frame number and type, and the test pattern's code area of every decoded
+//! frame) and measuring, for each worker kill, how long until the client decoded the first frame
+//! CAPTURED after the kill. Frames the encoder repeats while capture is silent carry an older
+//! capture time, so they never count as recovery.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use lumen_core::pattern::{self, FrameCode};
+
+/// CLOCK_MONOTONIC now in microseconds: the clock of the pattern's capture times and of the
+/// client's arrival times (`time.monotonic_ns()`), all on this machine.
+pub fn monotonic_us() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // CLOCK_MONOTONIC is never negative.
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1000
+}
+
+/// One frame the client decoded, as `stream_timed.py` wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedFrame {
+    /// CLOCK_MONOTONIC µs when the frame left the client's decoder.
+    pub arrival_us: u64,
+    /// 0: the first stream; 1: the stream after a reconnect.
+    pub stream: u32,
+    /// The client's frame number.
+    pub client_frame: u32,
+    /// The client's frame type (1: IDR).
+    pub frame_type: u32,
+    /// The pattern's code, when it read.
+    pub code: Option<FrameCode>,
+}
+
+impl TimedFrame {
+    pub fn is_idr(&self) -> bool {
+        self.frame_type == 1
+    }
+
+    /// Whether the pattern says this frame was captured after `at_us` (CLOCK_MONOTONIC µs). The
+    /// code keeps the capture time modulo 2^32 µs (71 minutes): compared by wrapping difference,
+    /// right for any two times less than 35 minutes apart.
+    pub fn captured_after(&self, at_us: u64) -> bool {
+        // The truncation is the code's own wrap-around.
+        let at = at_us as u32;
+        self.code
+            .is_some_and(|c| (c.captured_us.wrapping_sub(at) as i32) > 0)
+    }
+}
+
+/// What the client decoded: the picture size and the frames in arrival order.
+#[derive(Debug)]
+pub struct TimedStream {
+    pub width: u32,
+    pub height: u32,
+    pub frames: Vec<TimedFrame>,
+}
+
+/// Bytes of one record's header (arrival u64, stream, frame number, frame type: u32).
+const RECORD_HEADER: usize = 20;
+
+/// Reads a `stream_timed.py` file and the pattern code of each frame.
+pub fn read_timed_frames(path: &Path) -> Result<TimedStream> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_timed_frames(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Parses the bytes of a `stream_timed.py` file.
+pub fn parse_timed_frames(bytes: &[u8]) -> Result<TimedStream> {
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    ensure!(bytes.len() >= 16, "no file header");
+    let (width, height) = (u32_at(bytes, 0), u32_at(bytes, 4));
+    let (area_w, area_h) = (u32_at(bytes, 8), u32_at(bytes, 12));
+    ensure!(
+        pattern::code_area(width, height) == Some((area_w, area_h)),
+        "a {area_w}x{area_h} code area is not the pattern's at {width}x{height}"
+    );
+    let area_len = area_w as usize * area_h as usize;
+    let mut frames = Vec::new();
+    let mut rest = &bytes[16..];
+    while !rest.is_empty() {
+        // The client may be killed mid-write; a torn last record is not a frame.
+        if rest.len() < RECORD_HEADER + area_len {
+            break;
+        }
+        let mut arrival = [0u8; 8];
+        arrival.copy_from_slice(&rest[..8]);
+        let area = &rest[RECORD_HEADER..RECORD_HEADER + area_len];
+        frames.push(TimedFrame {
+            arrival_us: u64::from_le_bytes(arrival) / 1000,
+            stream: u32_at(rest, 8),
+            client_frame: u32_at(rest, 12),
+            frame_type: u32_at(rest, 16),
+            code: pattern::read_code(area, area_w as usize, width, height),
+        });
+        rest = &rest[RECORD_HEADER + area_len..];
+    }
+    Ok(TimedStream {
+        width,
+        height,
+        frames,
+    })
+}
+
+/// How the stream came back after one kill.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    /// CLOCK_MONOTONIC µs of the kill.
+    pub killed_us: u64,
+    /// The first frame, in arrival order, captured after the kill.
+    pub first: TimedFrame,
+    /// Its arrival minus the kill.
+    pub gap_us: u64,
+}
+
+/// The first frame of `stream` that arrived after `killed_us` and was captured after it, if one
+/// arrived before `until_us`.
+pub fn recovery_after(
+    frames: &[TimedFrame],
+    stream: u32,
+    killed_us: u64,
+    until_us: u64,
+) -> Option<Recovery> {
+    frames
+        .iter()
+        .filter(|f| f.stream == stream && f.arrival_us > killed_us && f.arrival_us < until_us)
+        .find(|f| f.captured_after(killed_us))
+        .map(|f| Recovery {
+            killed_us,
+            first: *f,
+            gap_us: f.arrival_us - killed_us,
+        })
+}
+
+/// Min, median, 95th percentile and max of a set of gaps (nearest rank).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Distribution {
+    pub count: usize,
+    pub min_us: u64,
+    pub p50_us: u64,
+    pub p95_us: u64,
+    pub max_us: u64,
+}
+
+impl Distribution {
+    /// `None` for no samples.
+    pub fn of(samples: &[u64]) -> Option<Distribution> {
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        let rank = |p: usize| {
+            // Nearest rank: the smallest sample with at least p % of the samples at or below it.
+            let r = (p * sorted.len()).div_ceil(100).max(1);
+            sorted[r - 1]
+        };
+        Some(Distribution {
+            count: sorted.len(),
+            min_us: *sorted.first()?,
+            p50_us: rank(50),
+            p95_us: rank(95),
+            max_us: *sorted.last()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Distribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |us: u64| us as f64 / 1000.0;
+        write!(
+            f,
+            "n={} min {:.1} ms, p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+            self.count,
+            ms(self.min_us),
+            ms(self.p50_us),
+            ms(self.p95_us),
+            ms(self.max_us)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(arrival_us: u64, captured_us: Option<u32>, frame_type: u32) -> TimedFrame {
+        TimedFrame {
+            arrival_us,
+            stream: 0,
+            client_frame: 0,
+            frame_type,
+            code: captured_us.map(|captured_us| FrameCode {
+                frame: 0,
+                captured_us,
+            }),
+        }
+    }
+
+    #[test]
+    fn repeated_frames_captured_before_the_kill_are_not_recovery() {
+        let frames = [
+            frame(1_000, Some(900), 0),
+            // The encoder repeating the last picture while capture is gone.
+            frame(1_200, Some(900), 0),
+            frame(1_300, None, 0),
+            frame(1_500, Some(1_150), 1),
+        ];
+        let r = recovery_after(&frames, 0, 1_100, u64::MAX).expect("recovered");
+        assert_eq!(r.first, frames[3]);
+        assert_eq!(r.gap_us, 400);
+        assert!(recovery_after(&frames, 0, 1_100, 1_500).is_none());
+        assert!(recovery_after(&frames, 1, 1_100, u64::MAX).is_none());
+    }
+
+    #[test]
+    fn capture_times_compare_across_the_codes_wrap_around() {
+        let kill = (1u64 << 32) - 10;
+        assert!(frame(kill + 100, Some(5), 0).captured_after(kill));
+        assert!(!frame(kill + 100, Some(u32::MAX - 20), 0).captured_after(kill));
+    }
+
+    #[test]
+    fn distribution_uses_nearest_ranks() {
+        let samples: Vec<u64> = (1..=20).rev().collect();
+        let d = Distribution::of(&samples).expect("samples");
+        assert_eq!(
+            (d.count, d.min_us, d.p50_us, d.p95_us, d.max_us),
+            (20, 1, 10, 19, 20)
+        );
+        assert_eq!(Distribution::of(&[7]).map(|d| d.p95_us), Some(7));
+        assert!(Distribution::of(&[]).is_none());
+    }
+
+    #[test]
+    fn a_file_round_trips_through_the_pattern_code() {
+        let (w, h) = (640u32, 360u32);
+        let (aw, ah) = pattern::code_area(w, h).expect("area");
+        let code = FrameCode {
+            frame: 42,
+            captured_us: 123_456,
+        };
+        let (y, uv) = (w as usize * h as usize, w as usize * h as usize / 2);
+        let mut nv12 = vec![0u8; y + uv];
+        let (luma, chroma) = nv12.split_at_mut(y);
+        pattern::render_nv12(
+            code.frame,
+            code.captured_us,
+            w,
+            h,
+            luma,
+            w as usize,
+            chroma,
+            w as usize,
+        )
+        .expect("render");
+        let mut file = Vec::new();
+        for word in [w, h, aw, ah] {
+            file.extend_from_slice(&word.to_le_bytes());
+        }
+        file.extend_from_slice(&7_000_000u64.to_le_bytes());
+        for word in [1u32, 9, 1] {
+            file.extend_from_slice(&word.to_le_bytes());
+        }
+        for row in 0..ah as usize {
+            let start = row * w as usize;
+            file.extend_from_slice(&luma[start..start + aw as usize]);
+        }
+        // A torn record at the end is ignored.
+        file.extend_from_slice(&[0u8; 30]);
+        let stream = parse_timed_frames(&file).expect("parse");
+        assert_eq!(
+            stream.frames,
+            [TimedFrame {
+                arrival_us: 7_000,
+                stream: 1,
+                client_frame: 9,
+                frame_type: 1,
+                code: Some(code),
+            }]
+        );
+        file[8] ^= 1;
+        assert!(parse_timed_frames(&file).is_err());
+    }
+}
