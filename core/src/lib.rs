@@ -12,8 +12,9 @@
 pub mod audio_packetizer;
 pub mod control;
 pub mod fec;
-pub mod nvhttp;
 pub mod input;
+pub mod mdns;
+pub mod nvhttp;
 pub mod pattern;
 pub mod rtsp;
 pub mod stream_crypto;
