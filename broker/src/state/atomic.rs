@@ -91,11 +91,13 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StateError> {
     result
 }
 
-/// Reads `path` and parses it; a file that fails to parse is set aside and reported.
+/// Reads `path` and parses it; a file that fails to parse is set aside and reported. Temp files
+/// that a killed writer of `path` left behind are removed first.
 pub fn read_or_set_aside<T>(
     path: &Path,
     parse: impl FnOnce(&str) -> Result<T, String>,
 ) -> Result<Loaded<T>, StateError> {
+    remove_stale_temp_files(path);
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
@@ -107,6 +109,40 @@ pub fn read_or_set_aside<T>(
     match parsed {
         Ok(value) => Ok(Loaded::Parsed(value)),
         Err(reason) => Ok(Loaded::Corrupt(set_aside(path, reason)?)),
+    }
+}
+
+/// Removes the `.NAME.tmp-<pid>-<random>` files of `path` whose writer process is gone: a writer
+/// killed between creating and renaming its temp file leaves it behind, and nothing else would
+/// ever remove it. A temp file of a live pid (another broker that is still writing, or a reused
+/// pid) is left alone. Best effort: what cannot be listed or removed stays.
+fn remove_stale_temp_files(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -173,6 +209,31 @@ mod tests {
             Loaded::Parsed(s) => assert_eq!(s, "old"),
             other => panic!("{other:?}"),
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_removed_on_read() {
+        let dir = scratch("stale");
+        let path = dir.join("f");
+        write_atomic(&path, b"old").unwrap();
+        // A writer that is gone: a child that has exited and been reaped.
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = dir.join(format!(".f.tmp-{dead}-00000000000000ab"));
+        let live = dir.join(format!(".f.tmp-{}-00000000000000cd", std::process::id()));
+        let other = dir.join(format!(".g.tmp-{dead}-00000000000000ef"));
+        for leftover in [&stale, &live, &other] {
+            std::fs::write(leftover, b"half").unwrap();
+        }
+        match read_or_set_aside(&path, |s| Ok(s.to_string())).unwrap() {
+            Loaded::Parsed(s) => assert_eq!(s, "old"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!stale.exists(), "a dead writer's temp file was kept");
+        assert!(live.exists(), "a live writer's temp file was removed");
+        assert!(other.exists(), "another file's temp file was removed");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
