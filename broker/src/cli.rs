@@ -279,7 +279,7 @@ fn render_status(status: &Value) -> String {
             }
         ),
     );
-    line(&mut out, "stream statistics: none yet".to_string());
+    render_net_stream(&mut out, &status["net_stream"]);
     let media = &status["media_session"];
     if media.is_null() {
         line(&mut out, "media session: none".to_string());
@@ -332,6 +332,61 @@ fn render_status(status: &Value) -> String {
         line(&mut out, format!("PROBLEM: {}", text(p)));
     }
     out
+}
+
+/// lumen-net's stream statistics: what was sent, what the client's FEC did, what was dropped.
+fn render_net_stream(out: &mut String, net: &Value) {
+    if net.is_null() {
+        out.push_str("stream statistics: none yet\n");
+        return;
+    }
+    let t = &net["totals"];
+    let lines = [
+        format!(
+            "stream {}{}: {} frames sent ({} skipped), {} video datagrams, {} bytes; {} audio packets",
+            text(&net["stream"]),
+            if net["active"] == false { " (ended)" } else { "" },
+            text(&net["frames_sent"]),
+            text(&net["frames_skipped"]),
+            text(&net["video_datagrams"]),
+            text(&net["video_bytes"]),
+            text(&net["audio_packets"]),
+        ),
+        format!(
+            "  client FEC: {} reports, {} frames recovered ({} shards), {} frames lost; {} IDR requests, {} RFI",
+            text(&net["fec_reports"]),
+            text(&net["fec_recovered_frames"]),
+            text(&net["fec_repaired_shards"]),
+            text(&net["frames_lost"]),
+            text(&net["idr_requests"]),
+            text(&net["rfi_requests"]),
+        ),
+        format!(
+            "  dropped: {} control packets rejected, {} control peers refused, {} foreign datagrams, \
+             {} send errors, {} ring drops (video {}, audio {}), {} RTSP connections",
+            text(&net["rejected_control"]),
+            text(&net["refused_control_peers"]),
+            text(&net["foreign_datagrams"]),
+            text(&net["send_errors"]),
+            net["video_ring_drops"].as_u64().unwrap_or(0)
+                + net["audio_ring_drops"].as_u64().unwrap_or(0),
+            text(&net["video_ring_drops"]),
+            text(&net["audio_ring_drops"]),
+            text(&net["rtsp"]["dropped_connections"]),
+        ),
+        format!(
+            "  since start: {} streams, {} frames sent, {} frames recovered by FEC, {} lost, {} IDR requests",
+            text(&t["streams"]),
+            text(&t["frames_sent"]),
+            text(&t["fec_recovered_frames"]),
+            text(&t["frames_lost"]),
+            text(&t["idr_requests"]),
+        ),
+    ];
+    for l in lines {
+        out.push_str(&l);
+        out.push('\n');
+    }
 }
 
 /// The layers a worker reports as in force, e.g. "seccomp landlock-fs userns netns …".
@@ -449,5 +504,35 @@ mod tests {
         ] {
             assert!(table.contains(needle), "{needle:?} not in\n{table}");
         }
+    }
+
+    #[test]
+    fn status_table_shows_the_net_stream_and_its_drops() {
+        let status = serde_json::json!({
+            "workers": [], "ports": [],
+            "net_stream": {
+                "stream": 2, "active": false, "frames_sent": 900, "frames_skipped": 1,
+                "video_datagrams": 5000, "video_bytes": 7000000, "audio_packets": 3000,
+                "fec_reports": 40, "fec_recovered_frames": 37, "fec_repaired_shards": 45,
+                "frames_lost": 3, "idr_requests": 2, "rfi_requests": 0,
+                "rejected_control": 4, "refused_control_peers": 1, "foreign_datagrams": 6,
+                "send_errors": 0, "video_ring_drops": 7, "audio_ring_drops": 1,
+                "rtsp": {"requests": 7, "refused": 0, "dropped_connections": 2},
+                "totals": {"streams": 2, "frames_sent": 1500, "fec_recovered_frames": 50,
+                           "frames_lost": 3, "idr_requests": 5}
+            }
+        });
+        let table = render_status(&status);
+        for needle in [
+            "stream 2 (ended): 900 frames sent (1 skipped), 5000 video datagrams",
+            "client FEC: 40 reports, 37 frames recovered (45 shards), 3 frames lost; 2 IDR",
+            "4 control packets rejected, 1 control peers refused, 6 foreign datagrams",
+            "8 ring drops (video 7, audio 1), 2 RTSP connections",
+            "since start: 2 streams, 1500 frames sent, 50 frames recovered by FEC, 3 lost, 5 IDR",
+        ] {
+            assert!(table.contains(needle), "{needle:?} not in\n{table}");
+        }
+        let none = render_status(&serde_json::json!({"workers": [], "ports": []}));
+        assert!(none.contains("stream statistics: none yet"), "{none}");
     }
 }

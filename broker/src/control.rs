@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use lumen_ipc::media::SessionParams;
 
+use crate::net_stats::{NetStatsBook, NetStreamStatus};
 use crate::pairing::{PairingSlot, Pin};
 use crate::session::recorder::{self, RecordSummary};
 use crate::session::{ConsumerTarget, SessionStatus, Sessions};
@@ -92,6 +93,10 @@ pub struct StatusReport {
     pub streams: Vec<String>,
     /// The media session (capture + encode) in progress, or else the last one.
     pub media_session: Option<SessionStatus>,
+    /// lumen-net's statistics of the stream in progress, or else the last one, with the totals
+    /// since start; none before the first stream. Boxed: its counters would make this the one
+    /// large reply.
+    pub net_stream: Option<Box<NetStreamStatus>>,
     /// State files that were corrupt and set aside, and other problems found at start-up.
     pub problems: Vec<String>,
 }
@@ -114,6 +119,8 @@ pub struct BrokerView {
     pub pairing: PairingSlot,
     /// Media sessions; `None` in a broker without workers (tests of the control socket).
     pub sessions: Option<Sessions>,
+    /// lumen-net's stream statistics.
+    pub net_stats: NetStatsBook,
 }
 
 impl BrokerView {
@@ -130,6 +137,7 @@ impl BrokerView {
                     sessions: Vec::new(),
                     streams: Vec::new(),
                     media_session: self.sessions.as_ref().and_then(Sessions::status),
+                    net_stream: self.net_stats.status().map(Box::new),
                     problems: self.problems.clone(),
                 },
             },
@@ -483,6 +491,17 @@ mod tests {
             Err(ControlError::AlreadyRunning(_))
         ));
         let (clients, _) = ClientStore::load(&dir).unwrap();
+        let net_stats = NetStatsBook::default();
+        net_stats.record(lumen_ipc::net_msg::NetStats {
+            stream: 2,
+            active: true,
+            counters: lumen_ipc::net_msg::NetCounters {
+                fec_recovered_frames: 11,
+                idr_requests: 3,
+                ..Default::default()
+            },
+            rtsp: Default::default(),
+        });
         let view = Arc::new(BrokerView {
             workers: Box::new(Vec::new),
             uniqueid: "0123456789ABCDEF".into(),
@@ -492,6 +511,7 @@ mod tests {
             problems: vec!["x".into()],
             pairing: PairingSlot::new(Duration::from_millis(10)),
             sessions: None,
+            net_stats,
         });
         let serving = tokio::spawn({
             let server = server.clone();
@@ -524,6 +544,13 @@ mod tests {
         .unwrap();
         assert_eq!(status["status"]["uniqueid"], "0123456789ABCDEF");
         assert_eq!(status["status"]["problems"][0], "x");
+        // lumen-net's report, flat as the CLI and the tests read it, with the totals.
+        let net = &status["status"]["net_stream"];
+        assert_eq!(net["active"], true);
+        assert_eq!(net["fec_recovered_frames"], 11);
+        assert_eq!(net["idr_requests"], 3);
+        assert_eq!(net["totals"]["streams"], 1);
+        assert_eq!(net["totals"]["fec_recovered_frames"], 11);
         let unpair = tokio::task::spawn_blocking({
             let socket = socket.clone();
             move || {

@@ -1,6 +1,7 @@
 //! Routes what the workers report (supervisor events) to the part of the broker that handles it:
 //! session reports and worker starts to [`Sessions`], `lumen-net`'s requests to [`NetService`]
-//! (each answered on its own task, so a slow one never holds up the rest).
+//! (each answered on its own task, so a slow one never holds up the rest), its stream statistics
+//! to the [`NetStatsBook`] that `status` shows.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use lumen_ipc::msg::{BrokerMsg, WorkerKind, WorkerMsg};
 use lumen_ipc::net_msg::{NetReply, NetRequest, PairReply};
 
 use crate::net_service::NetService;
+use crate::net_stats::NetStatsBook;
 use crate::session::{ConsumerTarget, Sessions};
 use crate::supervisor::{Supervisor, WorkerEvent};
 
@@ -18,6 +20,7 @@ pub fn start(
     supervisor: Supervisor,
     sessions: Sessions,
     net: Arc<NetService>,
+    net_stats: NetStatsBook,
 ) -> anyhow::Result<()> {
     let mut events = supervisor
         .take_events()
@@ -74,6 +77,17 @@ pub fn start(
                     kind: WorkerKind::Net,
                 } => {
                     push_identity(&supervisor, &net);
+                    sessions.on_event(event);
+                }
+                // The supervisor passes these on from lumen-net only.
+                WorkerEvent::Session {
+                    kind: WorkerKind::Net,
+                    msg: WorkerMsg::NetStats(stats),
+                } => net_stats.record(stats),
+                WorkerEvent::Exited {
+                    kind: WorkerKind::Net,
+                } => {
+                    net_stats.net_exited();
                     sessions.on_event(event);
                 }
                 other => sessions.on_event(other),

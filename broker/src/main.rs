@@ -8,6 +8,7 @@ mod control;
 mod dispatch;
 mod logging;
 mod net_service;
+mod net_stats;
 mod pairing;
 mod paths;
 mod procstatus;
@@ -125,7 +126,8 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             pairing.clone(),
         )?
         .with_video_encryption(config.stream.encrypt_video));
-        dispatch::start(supervisor.clone(), sessions.clone(), net)?;
+        let net_stats = net_stats::NetStatsBook::default();
+        dispatch::start(supervisor.clone(), sessions.clone(), net, net_stats.clone())?;
         tracing::info!(%bind, port_base, socket = %paths.control_socket.display(), "lumen-broker serving");
         let view = Arc::new(BrokerView {
             workers: Box::new({
@@ -139,6 +141,7 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             problems,
             pairing,
             sessions: Some(sessions),
+            net_stats,
         });
         let signal = wait_for_stop_signal()?;
         tokio::select! {

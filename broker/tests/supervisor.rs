@@ -302,6 +302,22 @@ fn fake_worker() {
             )
             .expect("send NetRequest");
     }
+    if mode == "net-stats" {
+        channel
+            .send(
+                &WorkerMsg::NetStats(lumen_ipc::net_msg::NetStats {
+                    stream: 1,
+                    active: true,
+                    counters: lumen_ipc::net_msg::NetCounters {
+                        fec_recovered_frames: 9,
+                        ..Default::default()
+                    },
+                    rtsp: Default::default(),
+                }),
+                &[],
+            )
+            .expect("send NetStats");
+    }
     match mode.as_str() {
         "ignore-shutdown" | "wrong-kind" => loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -1025,6 +1041,51 @@ async fn only_lumen_net_may_ask_the_broker_for_secrets() {
             .as_deref()
             .is_some_and(|e| e.contains("net request")),
         "{capture:?}"
+    );
+    supervisor.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_lumen_net_may_report_stream_statistics() {
+    init_logs();
+    let supervisor = Supervisor::start_with(
+        vec![
+            (WorkerKind::Net, fake("net-stats", "net", None)),
+            (WorkerKind::Encode, fake("net-stats", "encode", None)),
+        ],
+        None,
+        quick_policy(),
+    )
+    .expect("start");
+    let mut events = supervisor.take_events().expect("events");
+    let mut got_stats = false;
+    let mut encode_killed = false;
+    while !(got_stats && encode_killed) {
+        match next_event(&mut events).await {
+            supervisor::WorkerEvent::Session {
+                kind,
+                msg: WorkerMsg::NetStats(stats),
+            } => {
+                assert_eq!(kind, WorkerKind::Net, "passed on from {kind:?}");
+                assert_eq!(stats.counters.fec_recovered_frames, 9);
+                got_stats = true;
+            }
+            supervisor::WorkerEvent::Exited {
+                kind: WorkerKind::Encode,
+            } => encode_killed = true,
+            supervisor::WorkerEvent::Exited {
+                kind: WorkerKind::Net,
+            } => panic!("lumen-net was stopped for its statistics"),
+            _ => {}
+        }
+    }
+    let encode = status_of(&supervisor, WorkerKind::Encode);
+    assert!(
+        encode
+            .last_exit
+            .as_deref()
+            .is_some_and(|e| e.contains("stream statistics")),
+        "{encode:?}"
     );
     supervisor.shutdown(Duration::from_secs(1)).await;
 }

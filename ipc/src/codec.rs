@@ -263,6 +263,21 @@ mod tests {
                 ],
             },
         ));
+        all.push(WorkerMsg::NetStats(crate::net_msg::NetStats {
+            stream: 2,
+            active: false,
+            counters: crate::net_msg::NetCounters {
+                fec_recovered_frames: 17,
+                frames_lost: 3,
+                video_bytes: 1 << 40,
+                ..Default::default()
+            },
+            rtsp: crate::net_msg::RtspCounters {
+                requests: 6,
+                refused: 1,
+                dropped_connections: 2,
+            },
+        }));
         for m in &all {
             match m {
                 WorkerMsg::Ready { .. }
@@ -272,7 +287,8 @@ mod tests {
                 | WorkerMsg::SessionFailed { .. }
                 | WorkerMsg::SessionStats { .. }
                 | WorkerMsg::NetRequest { .. }
-                | WorkerMsg::EncoderCapabilities(_) => {}
+                | WorkerMsg::EncoderCapabilities(_)
+                | WorkerMsg::NetStats(_) => {}
             }
         }
         all

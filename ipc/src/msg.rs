@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::media::{
     CaptureSource, EncoderCapabilities, FramePoolSpec, Generation, MediaStats, SessionParams,
 };
-use crate::net_msg::{NetIdentity, NetReply, NetRequest};
+use crate::net_msg::{NetIdentity, NetReply, NetRequest, NetStats};
 
 /// Version of the worker protocol; bumped on every incompatible change of a message here.
 pub const PROTOCOL_VERSION: u16 = 3;
@@ -214,6 +214,9 @@ pub enum WorkerMsg {
     },
     /// `lumen-net` only: an operation that needs the broker's secrets (see [`crate::net_msg`]).
     NetRequest { id: u64, request: NetRequest },
+    /// `lumen-net` only: the running stream's statistics, about once a second, and once more
+    /// when it ends (`active: false`).
+    NetStats(NetStats),
     /// `lumen-encode` only, once right after `Ready`: the codecs and audio layouts it can encode
     /// here (found before lock-down). The broker passes them on to lumen-net (`NetIdentity`) and
     /// refuses streams that ask for anything else.

@@ -195,6 +195,182 @@ impl NetRequest {
     }
 }
 
+/// `lumen-net`'s statistics of one stream (`WorkerMsg::NetStats`): sent about once a second while
+/// the stream runs and once more, with `active: false`, when it ends. Plain counters: the broker
+/// shows them and adds them up, and decides nothing on them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// lumen-net's number of the stream (1, 2, … within one lumen-net process).
+    pub stream: u64,
+    /// False in the last report of the stream.
+    pub active: bool,
+    /// What this stream saw, since it started.
+    pub counters: NetCounters,
+    /// The RTSP listener, since this lumen-net started (it serves every launch).
+    pub rtsp: RtspCounters,
+}
+
+/// The counters of one stream: the control stream, the client's FEC reports, the senders.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Control: IDR requests from the client (0x0302).
+    pub idr_requests: u64,
+    /// Control: reference-frame invalidations (0x0301), answered with an IDR.
+    pub rfi_requests: u64,
+    /// Control: periodic pings.
+    pub pings: u64,
+    /// Control: loss reports (0x0201).
+    pub loss_reports: u64,
+    /// Control: input packets (0x0206).
+    pub input_packets: u64,
+    /// Control: packets that failed authentication or parsing (dropped).
+    pub rejected_control: u64,
+    /// Control: ENet peers turned away (wrong connect data, or a second client).
+    pub refused_control_peers: u64,
+    /// The client's frame FEC reports (0x5502), each about one FEC block.
+    pub fec_reports: u64,
+    /// Reports of a block the client rebuilt from parity (data shards were missing).
+    pub fec_recovered_frames: u64,
+    /// Data shards the client rebuilt from parity, summed over those reports.
+    pub fec_repaired_shards: u64,
+    /// Reports of a block the client gave up on (too few shards arrived).
+    pub frames_lost: u64,
+    /// Video frames sent.
+    pub frames_sent: u64,
+    /// Video datagrams sent (data and parity).
+    pub video_datagrams: u64,
+    /// Video bytes sent (UDP payload).
+    pub video_bytes: u64,
+    /// Video frames read but not sent (no client yet, or waiting for a keyframe).
+    pub frames_skipped: u64,
+    /// Video records the encoder dropped because the ring was full.
+    pub video_ring_drops: u64,
+    /// Video records marked as a discontinuity.
+    pub video_discontinuities: u64,
+    /// Video frames the packetizer refused.
+    pub packetize_errors: u64,
+    /// Opus packets sent.
+    pub audio_packets: u64,
+    /// Audio datagrams sent (data and FEC).
+    pub audio_datagrams: u64,
+    /// Audio bytes sent (UDP payload).
+    pub audio_bytes: u64,
+    /// Opus packets read but not sent.
+    pub audio_packets_skipped: u64,
+    /// Audio records the encoder dropped because the ring was full.
+    pub audio_ring_drops: u64,
+    /// Rings dropped for breaking the ring protocol.
+    pub ring_errors: u64,
+    /// Sends the kernel refused (video and audio).
+    pub send_errors: u64,
+    /// IDR requests passed on to the encoder.
+    pub encoder_idr_requests: u64,
+    /// IDR requests that could not reach the encoder.
+    pub encoder_idr_errors: u64,
+    /// Client pings accepted on the video port.
+    pub video_pings: u64,
+    /// Client pings accepted on the audio port.
+    pub audio_pings: u64,
+    /// Datagrams on the video and audio ports that were no ping of this stream (dropped).
+    pub foreign_datagrams: u64,
+}
+
+impl NetCounters {
+    /// Adds `other` to these counters (saturating: they only ever grow).
+    pub fn add(&mut self, other: &NetCounters) {
+        // Destructured so that a new field cannot be forgotten here.
+        let NetCounters {
+            idr_requests,
+            rfi_requests,
+            pings,
+            loss_reports,
+            input_packets,
+            rejected_control,
+            refused_control_peers,
+            fec_reports,
+            fec_recovered_frames,
+            fec_repaired_shards,
+            frames_lost,
+            frames_sent,
+            video_datagrams,
+            video_bytes,
+            frames_skipped,
+            video_ring_drops,
+            video_discontinuities,
+            packetize_errors,
+            audio_packets,
+            audio_datagrams,
+            audio_bytes,
+            audio_packets_skipped,
+            audio_ring_drops,
+            ring_errors,
+            send_errors,
+            encoder_idr_requests,
+            encoder_idr_errors,
+            video_pings,
+            audio_pings,
+            foreign_datagrams,
+        } = *other;
+        let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        sum(&mut self.idr_requests, idr_requests);
+        sum(&mut self.rfi_requests, rfi_requests);
+        sum(&mut self.pings, pings);
+        sum(&mut self.loss_reports, loss_reports);
+        sum(&mut self.input_packets, input_packets);
+        sum(&mut self.rejected_control, rejected_control);
+        sum(&mut self.refused_control_peers, refused_control_peers);
+        sum(&mut self.fec_reports, fec_reports);
+        sum(&mut self.fec_recovered_frames, fec_recovered_frames);
+        sum(&mut self.fec_repaired_shards, fec_repaired_shards);
+        sum(&mut self.frames_lost, frames_lost);
+        sum(&mut self.frames_sent, frames_sent);
+        sum(&mut self.video_datagrams, video_datagrams);
+        sum(&mut self.video_bytes, video_bytes);
+        sum(&mut self.frames_skipped, frames_skipped);
+        sum(&mut self.video_ring_drops, video_ring_drops);
+        sum(&mut self.video_discontinuities, video_discontinuities);
+        sum(&mut self.packetize_errors, packetize_errors);
+        sum(&mut self.audio_packets, audio_packets);
+        sum(&mut self.audio_datagrams, audio_datagrams);
+        sum(&mut self.audio_bytes, audio_bytes);
+        sum(&mut self.audio_packets_skipped, audio_packets_skipped);
+        sum(&mut self.audio_ring_drops, audio_ring_drops);
+        sum(&mut self.ring_errors, ring_errors);
+        sum(&mut self.send_errors, send_errors);
+        sum(&mut self.encoder_idr_requests, encoder_idr_requests);
+        sum(&mut self.encoder_idr_errors, encoder_idr_errors);
+        sum(&mut self.video_pings, video_pings);
+        sum(&mut self.audio_pings, audio_pings);
+        sum(&mut self.foreign_datagrams, foreign_datagrams);
+    }
+}
+
+/// The RTSP listener's counters.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RtspCounters {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, requests refused with an error status.
+    pub refused: u64,
+    /// Connections closed without an answer (no launch, malformed or oversized framing, a frame
+    /// that failed authentication, a timeout).
+    pub dropped_connections: u64,
+}
+
+impl RtspCounters {
+    /// Adds `other` to these counters (saturating).
+    pub fn add(&mut self, other: &RtspCounters) {
+        let RtspCounters {
+            requests,
+            refused,
+            dropped_connections,
+        } = *other;
+        self.requests = self.requests.saturating_add(requests);
+        self.refused = self.refused.saturating_add(refused);
+        self.dropped_connections = self.dropped_connections.saturating_add(dropped_connections);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +427,43 @@ mod tests {
         assert!(pair("id", stage4(MAX_CLIENT_SIGNATURE + 1))
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn counters_add_up_every_field_and_saturate() {
+        // Every field distinct, so a field summed into the wrong place shows.
+        let bytes = postcard::to_stdvec(&NetCounters::default()).unwrap();
+        let fields = bytes.len();
+        let numbered: Vec<u8> = (1..=fields as u8).collect();
+        let one: NetCounters = postcard::from_bytes(&numbered).unwrap();
+        let mut sum = one;
+        sum.add(&one);
+        let doubled: Vec<u8> = numbered.iter().map(|n| n * 2).collect();
+        assert_eq!(sum, postcard::from_bytes::<NetCounters>(&doubled).unwrap());
+        let mut full = NetCounters {
+            frames_sent: u64::MAX - 1,
+            ..NetCounters::default()
+        };
+        full.add(&one);
+        assert_eq!(full.frames_sent, u64::MAX);
+
+        let mut rtsp = RtspCounters {
+            requests: 4,
+            refused: 1,
+            dropped_connections: 2,
+        };
+        rtsp.add(&RtspCounters {
+            requests: 1,
+            refused: 2,
+            dropped_connections: u64::MAX,
+        });
+        assert_eq!(
+            rtsp,
+            RtspCounters {
+                requests: 5,
+                refused: 3,
+                dropped_connections: u64::MAX,
+            }
+        );
     }
 }

@@ -116,6 +116,11 @@ impl BrokerLink {
         }
     }
 
+    /// Sends a report that needs no answer (`WorkerMsg::NetStats`).
+    pub fn notify(&self, msg: WorkerMsg) -> Result<(), LinkError> {
+        (self.send)(msg).map_err(LinkError::Send)
+    }
+
     /// Hands the broker's reply to its waiter; false if nobody waits for `id`.
     pub fn complete(&self, id: u64, reply: NetReply) -> bool {
         let Some(waiter) = self.waiting().remove(&id) else {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::fec_report::{self, FecOutcome};
 use lumen_core::control::{ClientMessage, ControlCrypto, HostMessage, IvMode, Termination};
 use lumen_core::input::decode_into;
 use lumen_ipc::input::{InputEvent, MAX_EVENTS_PER_BATCH};
@@ -96,7 +97,14 @@ pub struct ControlStats {
     pub rfi_requests: u64,
     pub pings: u64,
     pub loss_stats: u64,
+    /// Frame FEC reports (0x5502), each about one FEC block ([`crate::fec_report`]).
     pub fec_status: u64,
+    /// Reports of a block rebuilt from parity.
+    pub fec_recovered: u64,
+    /// Data shards rebuilt, summed over those reports.
+    pub fec_repaired_shards: u64,
+    /// Reports of a block the client could not rebuild.
+    pub fec_lost: u64,
     /// Input packets (0x0206).
     pub input: u64,
     /// Input events decoded and valid.
@@ -111,6 +119,8 @@ pub struct ControlStats {
     pub rumble_dropped: u64,
     /// Packets that failed authentication or parsing.
     pub rejected: u64,
+    /// ENet peers turned away: wrong connect data, or a second client.
+    pub refused_peers: u64,
 }
 
 /// The session settings the control stream needs.
@@ -284,6 +294,7 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
                 if data != self.connect_data || self.client.is_some() {
                     // Not this launch's client (or a second one): it gets no control stream.
                     peer.disconnect_now(0);
+                    self.count(|s| s.refused_peers += 1);
                     return None;
                 }
                 // The client itself gives up after 10 s without traffic (§5.1).
@@ -330,7 +341,17 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
             // Keep-alives: the ENet acknowledgement is the answer the client waits for.
             ClientMessage::PeriodicPing { .. } => self.count(|s| s.pings += 1),
             ClientMessage::LossStats(_) => self.count(|s| s.loss_stats += 1),
-            ClientMessage::FecStatus(_) => self.count(|s| s.fec_status += 1),
+            ClientMessage::FecStatus(status) => self.count(|s| {
+                s.fec_status += 1;
+                match fec_report::classify(&status) {
+                    FecOutcome::Recovered { repaired } => {
+                        s.fec_recovered += 1;
+                        s.fec_repaired_shards += u64::from(repaired);
+                    }
+                    FecOutcome::Lost { .. } => s.fec_lost += 1,
+                    FecOutcome::Complete => {}
+                }
+            }),
             ClientMessage::Input(packet) => self.input(&packet),
             ClientMessage::StartB | ClientMessage::LtrAck { .. } | ClientMessage::Other { .. } => {}
         }
@@ -463,6 +484,7 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lumen_core::control::FrameFecStatus;
     use std::sync::mpsc;
 
     const KEY: [u8; 16] = [9; 16];
@@ -516,6 +538,27 @@ mod tests {
                 payload: vec![4, 0, 0, 0, 0, 0, 0, 0],
             },
             ClientMessage::InvalidateRefFrames { first: 3, last: 5 },
+            // A block rebuilt (2 data shards from parity), one lost, one whole.
+            ClientMessage::FecStatus(FrameFecStatus {
+                total_data: 10,
+                total_parity: 2,
+                received_data: 8,
+                received_parity: 2,
+                ..FrameFecStatus::default()
+            }),
+            ClientMessage::FecStatus(FrameFecStatus {
+                total_data: 10,
+                total_parity: 2,
+                received_data: 7,
+                received_parity: 2,
+                ..FrameFecStatus::default()
+            }),
+            ClientMessage::FecStatus(FrameFecStatus {
+                total_data: 4,
+                total_parity: 1,
+                received_data: 4,
+                ..FrameFecStatus::default()
+            }),
             ClientMessage::RequestIdr,
         ] {
             let (t, p) = msg.encode();
@@ -579,6 +622,11 @@ mod tests {
         assert_eq!(stats.rfi_requests, 1);
         assert_eq!(stats.pings, 1);
         assert_eq!(stats.rejected, 1);
+        assert_eq!(stats.fec_status, 3);
+        assert_eq!(stats.fec_recovered, 1);
+        assert_eq!(stats.fec_repaired_shards, 2);
+        assert_eq!(stats.fec_lost, 1);
+        assert_eq!(stats.refused_peers, 0);
     }
 
     #[test]
@@ -620,7 +668,13 @@ mod tests {
         assert!(refused, "a peer with the wrong connect data was kept");
         assert!(rx.try_iter().next().is_none());
         let stats = control.stop(TERMINATION_GRACEFUL);
-        assert_eq!(stats, ControlStats::default());
+        assert_eq!(
+            stats,
+            ControlStats {
+                refused_peers: 1,
+                ..ControlStats::default()
+            }
+        );
     }
 
     /// A real control session with an input channel: the client's keyboard and mouse packets

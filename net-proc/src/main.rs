@@ -8,6 +8,7 @@
 
 mod broker_link;
 mod control;
+mod fec_report;
 mod input_forward;
 mod nvhttp;
 mod rtsp_server;

@@ -6,8 +6,11 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use lumen_ipc::net_msg::RtspCounters;
 
 use crate::stream::Streams;
 
@@ -15,6 +18,37 @@ use crate::stream::Streams;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request read (ANNOUNCE bodies are about 2 KiB; the core parser bounds bodies at 16 KiB).
 const MAX_REQUEST: usize = 32 * 1024;
+
+/// What the RTSP listener did since lumen-net started (reported with each stream's statistics).
+#[derive(Debug, Default)]
+pub struct RtspTally {
+    requests: AtomicU64,
+    refused: AtomicU64,
+    dropped_connections: AtomicU64,
+}
+
+impl RtspTally {
+    /// A request was answered; `refused`: with an error status.
+    pub fn answered(&self, refused: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if refused {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A connection ended on an error, unanswered.
+    pub fn dropped(&self) {
+        self.dropped_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counters(&self) -> RtspCounters {
+        RtspCounters {
+            requests: self.requests.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            dropped_connections: self.dropped_connections.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// Serves RTSP on `listener` from a thread of its own, for the life of the process.
 pub fn start(listener: OwnedFd, streams: Arc<Streams>) -> Result<(), String> {
@@ -28,6 +62,7 @@ pub fn start(listener: OwnedFd, streams: Arc<Streams>) -> Result<(), String> {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     if let Err(e) = serve(stream, &streams) {
+                        streams.rtsp_tally().dropped();
                         eprintln!("lumen-net: RTSP connection from {peer}: {e}");
                     }
                 }

@@ -6,7 +6,9 @@
 //! after a heavy burst the stream must recover (the client asks for an IDR) without ending.
 //!
 //! Frames are counted by the test pattern's frame code in each decoded picture: gaps between
-//! the codes are the frames the client never showed. These tests need root (namespaces,
+//! the codes are the frames the client never showed. The host's side of the same story is in
+//! `lumen-broker status` (`net_stream`): the client's FEC reports (frames it rebuilt from parity)
+//! and its IDR requests, as lumen-net counted them. These tests need root (namespaces,
 //! nftables); without it they skip with a message, unless `CI` is set.
 
 use std::path::{Path, PathBuf};
@@ -149,6 +151,27 @@ fn stream(
     Ok((result, decoded))
 }
 
+/// lumen-net's figures (`status` → `net_stream`) once the last report of the stream that just
+/// ended has reached the broker.
+fn host_figures(broker: &Broker) -> Result<Value> {
+    let status = broker.wait_until(
+        Duration::from_secs(15),
+        "lumen-net's last statistics of the stream",
+        |s| s["net_stream"]["active"] == false,
+    )?;
+    Ok(status["net_stream"].clone())
+}
+
+fn figure(net: &Value, name: &str) -> u64 {
+    net[name].as_u64().unwrap_or(0)
+}
+
+/// The client's requests for a fresh keyframe: IDR requests, and reference-frame invalidations
+/// (which the host answers with an IDR).
+fn keyframe_requests(net: &Value) -> u64 {
+    figure(net, "idr_requests") + figure(net, "rfi_requests")
+}
+
 /// A broker in the host namespace with a client identity paired from the client namespace.
 struct Lan {
     // Dropped in this order: the broker stops before its namespace goes away.
@@ -271,6 +294,18 @@ fn moonlight_decodes_through_three_percent_loss() -> Result<()> {
         lan.lan.loss_counters(ports[1])?,
     );
     let delivery = Delivery::of(&decoded)?;
+    let host = host_figures(&lan.broker)?;
+    eprintln!(
+        "loss 3 %: the host saw {} FEC reports from the client: {} frames recovered ({} data \
+         shards rebuilt), {} lost; {} frames sent in {} datagrams; {} keyframe requests",
+        figure(&host, "fec_reports"),
+        figure(&host, "fec_recovered_frames"),
+        figure(&host, "fec_repaired_shards"),
+        figure(&host, "frames_lost"),
+        figure(&host, "frames_sent"),
+        figure(&host, "video_datagrams"),
+        keyframe_requests(&host),
+    );
     eprintln!(
         "loss 3 %: dropped {} of {} video datagrams ({:.1} %) and {} of {} audio ({:.1} %); {} frames \
          decoded, pattern frames {}..={}: {} of {} not seen ({:.1} % shown), {} keyframes after \
@@ -299,6 +334,15 @@ fn moonlight_decodes_through_three_percent_loss() -> Result<()> {
         delivery.percent_shown(),
         delivery.lost,
         delivery.span
+    );
+    // The client told the host about the frames it rebuilt from parity.
+    ensure!(
+        figure(&host, "fec_recovered_frames") > 0,
+        "loss 3 %: the host's statistics show no FEC recovery: {host}"
+    );
+    ensure!(
+        host["totals"]["fec_recovered_frames"].as_u64() >= host["fec_recovered_frames"].as_u64(),
+        "loss 3 %: the totals since start lag the stream's own figures: {host}"
     );
     Ok(())
 }
@@ -331,6 +375,9 @@ fn moonlight_recovers_after_a_loss_burst() -> Result<()> {
     let ports = lan.media_ports();
     let mut phases: Vec<Phase> = Vec::new();
     let mut phase_started = Instant::now();
+    // The host's count of keyframe requests when the burst began (the client asks for one at
+    // the start of every stream).
+    let mut requests_before = None;
     // Frames the client had written when the link was clean again.
     let mut clean_from = None;
     let (result, decoded) = lan.stream(240, |written| {
@@ -346,6 +393,9 @@ fn moonlight_recovers_after_a_loss_burst() -> Result<()> {
             }
             Some(_) => None,
         };
+        if next == Some(0) {
+            requests_before = Some(keyframe_requests(&lan.broker.status()?["net_stream"]));
+        }
         match next.map(|i| PLAN.get(i)) {
             Some(Some(&(percent, length))) => {
                 lan.lan.set_loss(&ports, percent)?;
@@ -369,6 +419,16 @@ fn moonlight_recovers_after_a_loss_burst() -> Result<()> {
     let Some(clean_from) = clean_from else {
         bail!("the stream ended before the loss was over: {result}");
     };
+    let host = host_figures(&lan.broker)?;
+    let requests_before = requests_before.unwrap_or(0);
+    eprintln!(
+        "burst: the host saw {} keyframe requests ({requests_before} before the burst), {} FEC \
+         reports: {} frames recovered, {} lost",
+        keyframe_requests(&host),
+        figure(&host, "fec_reports"),
+        figure(&host, "fec_recovered_frames"),
+        figure(&host, "frames_lost"),
+    );
     let delivery = Delivery::of(&decoded)?;
     for phase in &phases {
         eprintln!(
@@ -417,6 +477,12 @@ fn moonlight_recovers_after_a_loss_burst() -> Result<()> {
         burst_idrs > 0,
         "{} frames were lost but no keyframe followed",
         delivery.lost
+    );
+    // The host saw the client ask for the keyframe.
+    ensure!(
+        keyframe_requests(&host) > requests_before,
+        "burst: the host's statistics show no IDR request after the loss \
+         ({requests_before} before it): {host}"
     );
     ensure!(
         after >= 60,

@@ -625,6 +625,17 @@ impl Slot {
                         msg: WorkerMsg::EncoderCapabilities(capabilities),
                     });
                 }
+                WorkerMsg::NetStats(stats) => {
+                    if self.kind != WorkerKind::Net || ready_at.is_none() {
+                        return ChannelVerdict::Kill(
+                            "sent stream statistics (only a ready lumen-net may)".into(),
+                        );
+                    }
+                    let _ = self.events.send(WorkerEvent::Session {
+                        kind: self.kind,
+                        msg: WorkerMsg::NetStats(stats),
+                    });
+                }
                 msg @ (WorkerMsg::SessionStarted { .. }
                 | WorkerMsg::SessionFailed { .. }
                 | WorkerMsg::SessionStats { .. }) => {

@@ -10,13 +10,14 @@
 
 mod audio;
 pub mod media;
+mod report;
 mod video;
 
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lumen_core::audio_packetizer::{AudioEncryption, AudioStreamConfig};
 use lumen_core::fec::FecConfig;
@@ -26,11 +27,13 @@ use lumen_core::rtsp::{
 };
 use lumen_core::video_packetizer::{VideoEncryption, VideoStreamConfig};
 use lumen_ipc::media::{self as ipc_media, AudioLayout, EncoderCapabilities, Generation};
+use lumen_ipc::msg::WorkerMsg;
 use lumen_ipc::net_msg::{NetReply, NetRequest};
 
 use crate::broker_link::BrokerLink;
 use crate::control::{Control, ControlConfig, ControlEvent, TERMINATION_GRACEFUL};
 use crate::input_forward::StreamInput;
+use crate::rtsp_server::RtspTally;
 use media::{MediaConfig, MediaStreams};
 
 /// How long the broker gets to start or stop capture and encode.
@@ -107,6 +110,8 @@ pub struct Streams {
     launch: Mutex<Option<Launch>>,
     next_launch: AtomicU64,
     commands: Mutex<mpsc::Sender<Command>>,
+    /// The RTSP listener's counters (reported with every stream's statistics).
+    rtsp: Arc<RtspTally>,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], String> {
@@ -165,6 +170,7 @@ impl Streams {
         link: Arc<BrokerLink>,
     ) -> Result<Arc<Streams>, String> {
         let (tx, rx) = mpsc::channel();
+        let rtsp = Arc::new(RtspTally::default());
         let streams = Arc::new(Streams {
             ports,
             encrypt_video: std::sync::atomic::AtomicBool::new(true),
@@ -172,6 +178,7 @@ impl Streams {
             launch: Mutex::new(None),
             next_launch: AtomicU64::new(1),
             commands: Mutex::new(tx.clone()),
+            rtsp: rtsp.clone(),
         });
         std::thread::Builder::new()
             .name("lumen-net-stream".into())
@@ -182,6 +189,7 @@ impl Streams {
                     commands: tx,
                     session: None,
                     next_session: 1,
+                    rtsp,
                 }
                 .run(rx)
             })
@@ -205,6 +213,11 @@ impl Streams {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .send(command);
+    }
+
+    /// The RTSP listener's counters.
+    pub fn rtsp_tally(&self) -> &RtspTally {
+        &self.rtsp
     }
 
     fn launch_slot(&self) -> std::sync::MutexGuard<'_, Option<Launch>> {
@@ -290,6 +303,7 @@ impl Streams {
         let mut slot = self.launch_slot();
         let launch = slot.as_mut().ok_or("RTSP without a launch")?;
         let reply = launch.rtsp.handle(bytes).map_err(|e| e.to_string())?;
+        self.rtsp.answered(reply.refusal.is_some());
         if let Some(refusal) = &reply.refusal {
             eprintln!("lumen-net: RTSP: {} ({refusal})", reply.response.status);
         }
@@ -331,6 +345,8 @@ struct Session {
     id: u64,
     media: MediaStreams,
     control: Control,
+    /// When its statistics last went to the broker.
+    reported: Instant,
 }
 
 struct Supervisor {
@@ -339,49 +355,79 @@ struct Supervisor {
     commands: mpsc::Sender<Command>,
     session: Option<Session>,
     next_session: u64,
+    rtsp: Arc<RtspTally>,
 }
 
 impl Supervisor {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
-        while let Ok(command) = rx.recv() {
-            match command {
-                Command::Start {
-                    launch,
-                    negotiated,
-                    rikey,
-                    rikeyid,
-                } => {
-                    self.stop("a new stream starts");
-                    if let Err(e) = self.start(&negotiated, rikey, rikeyid) {
-                        eprintln!("lumen-net: stream of launch {launch} failed to start: {e}");
-                        self.stop("its start failed");
+        loop {
+            match rx.recv_timeout(report::INTERVAL) {
+                Ok(command) => self.handle(command),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            self.report_if_due();
+        }
+    }
+
+    /// Sends the running stream's statistics to the broker if a report is due.
+    fn report_if_due(&mut self) {
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        if session.reported.elapsed() < report::INTERVAL {
+            return;
+        }
+        session.reported = Instant::now();
+        let stats = report::net_stats(
+            session.id,
+            true,
+            &session.control.stats(),
+            &session.media.stats(),
+            &self.rtsp,
+        );
+        // Best effort: a lost report is made good by the next one.
+        let _ = self.link.notify(WorkerMsg::NetStats(stats));
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Start {
+                launch,
+                negotiated,
+                rikey,
+                rikeyid,
+            } => {
+                self.stop("a new stream starts");
+                if let Err(e) = self.start(&negotiated, rikey, rikeyid) {
+                    eprintln!("lumen-net: stream of launch {launch} failed to start: {e}");
+                    self.stop("its start failed");
+                }
+            }
+            Command::Rings { generation, fds } => match &self.session {
+                Some(s) => {
+                    if let Err(e) = s.media.attach_rings(generation, fds) {
+                        eprintln!("lumen-net: rings of generation {generation}: {e}");
                     }
                 }
-                Command::Rings { generation, fds } => match &self.session {
-                    Some(s) => {
-                        if let Err(e) = s.media.attach_rings(generation, fds) {
-                            eprintln!("lumen-net: rings of generation {generation}: {e}");
-                        }
-                    }
-                    None => eprintln!("lumen-net: rings of generation {generation} for no stream"),
-                },
-                Command::RequestIdr => {
-                    if let Some(s) = &self.session {
-                        if let Err(e) = s.media.request_idr() {
-                            eprintln!("lumen-net: IDR request: {e}");
-                        }
+                None => eprintln!("lumen-net: rings of generation {generation} for no stream"),
+            },
+            Command::RequestIdr => {
+                if let Some(s) = &self.session {
+                    if let Err(e) = s.media.request_idr() {
+                        eprintln!("lumen-net: IDR request: {e}");
                     }
                 }
-                Command::ControlEnded { session, why } => {
-                    if self.session.as_ref().is_some_and(|s| s.id == session) {
-                        self.stop(&why);
-                    }
+            }
+            Command::ControlEnded { session, why } => {
+                if self.session.as_ref().is_some_and(|s| s.id == session) {
+                    self.stop(&why);
                 }
-                Command::Stop { done } => {
-                    self.stop("the client quit the app");
-                    if let Some(done) = done {
-                        let _ = done.send(());
-                    }
+            }
+            Command::Stop { done } => {
+                self.stop("the client quit the app");
+                if let Some(done) = done {
+                    let _ = done.send(());
                 }
             }
         }
@@ -464,7 +510,12 @@ impl Supervisor {
                 return Err(e);
             }
         };
-        self.session = Some(Session { id, media, control });
+        self.session = Some(Session {
+            id,
+            media,
+            control,
+            reported: Instant::now(),
+        });
         match self
             .link
             .request_blocking(NetRequest::StartStream { params }, BROKER_TIMEOUT)
@@ -487,6 +538,13 @@ impl Supervisor {
         let control = session.control.stop(TERMINATION_GRACEFUL);
         let media = session.media.stats();
         session.media.stop();
+        let last = report::net_stats(session.id, false, &control, &media, &self.rtsp);
+        if let Err(e) = self.link.notify(WorkerMsg::NetStats(last)) {
+            eprintln!(
+                "lumen-net: the last statistics of stream {}: {e}",
+                session.id
+            );
+        }
         eprintln!(
             "lumen-net: stream {} ended ({why}); control: {control:?}; media: {media:?}",
             session.id

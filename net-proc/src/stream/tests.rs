@@ -54,16 +54,28 @@ a=x-nv-video[0].encoderCscMode:2 \r\n\
 t=0 0\r\n\
 m=video 47998  \r\n";
 
-/// A broker that answers StartStream and StopStream and reports each request.
-fn broker() -> (Arc<BrokerLink>, mpsc::Receiver<NetRequest>) {
+/// A broker that answers StartStream and StopStream and reports each request, and each
+/// statistics report.
+fn broker() -> (
+    Arc<BrokerLink>,
+    mpsc::Receiver<NetRequest>,
+    mpsc::Receiver<lumen_ipc::net_msg::NetStats>,
+) {
     let (seen_tx, seen) = mpsc::channel();
+    let (stats_tx, stats) = mpsc::channel();
     let slot: Arc<Mutex<Option<Arc<BrokerLink>>>> = Arc::default();
     let link = BrokerLink::with_sender({
         let slot = slot.clone();
         move |msg| {
-            let WorkerMsg::NetRequest { id, request } = msg else {
-                return Err("not a request".into());
+            let request = match msg {
+                WorkerMsg::NetRequest { id, request } => (id, request),
+                WorkerMsg::NetStats(report) => {
+                    let _ = stats_tx.send(report);
+                    return Ok(());
+                }
+                _ => return Err("not a request".into()),
             };
+            let (id, request) = request;
             let reply = match &request {
                 NetRequest::StartStream { .. } => NetReply::StreamStarting { generation: 1 },
                 NetRequest::StopStream => NetReply::StreamStopped,
@@ -76,7 +88,7 @@ fn broker() -> (Arc<BrokerLink>, mpsc::Receiver<NetRequest>) {
         }
     });
     *slot.lock().unwrap() = Some(link.clone());
-    (link, seen)
+    (link, seen, stats)
 }
 
 /// One request on its own connection; the reply is whatever arrives until the host closes.
@@ -110,7 +122,7 @@ async fn a_launch_runs_the_rtsp_handshake_starts_the_stream_and_cancel_stops_it(
         audio: audio.local_addr().unwrap().port(),
         control: control.local_addr().unwrap().port(),
     };
-    let (link, seen) = broker();
+    let (link, seen, stats) = broker();
     let streams = Streams::start(
         ports,
         StreamSockets {
@@ -231,6 +243,11 @@ async fn a_launch_runs_the_rtsp_handshake_starts_the_stream_and_cancel_stops_it(
     assert_eq!(params.audio, AudioLayout::Stereo);
     assert_eq!(params.audio_packet_ms, 5);
 
+    // The running stream reports about once a second: the seven requests answered, none refused.
+    let report = stats.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!((report.stream, report.active), (1, true), "{report:?}");
+    assert_eq!((report.rtsp.requests, report.rtsp.refused), (7, 0));
+
     streams.cancel().await;
     assert_eq!(streams.current_game(), 0);
     assert_eq!(
@@ -244,6 +261,24 @@ async fn a_launch_runs_the_rtsp_handshake_starts_the_stream_and_cancel_stops_it(
     .await
     .unwrap();
     assert_eq!(refused, "");
+    // The stream's last report comes when it ends.
+    let last = loop {
+        let report = stats
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a last report");
+        if !report.active {
+            break report;
+        }
+    };
+    assert_eq!(last.stream, 1);
+    // The connection that never completed a request and the one without a launch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while streams.rtsp_tally().counters().dropped_connections < 2
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(streams.rtsp_tally().counters().dropped_connections, 2);
 }
 
 #[test]
