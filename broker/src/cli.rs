@@ -126,6 +126,9 @@ pub struct ServeArgs {
     /// Base port (overrides `port_base`; Sunshine's offsets apply).
     #[arg(long)]
     pub port_base: Option<u16>,
+    /// Do not advertise the host over mDNS (overrides `mdns = true`).
+    #[arg(long)]
+    pub no_mdns: bool,
     /// Run workers without seccomp when the kernel lacks it (weakens the sandbox).
     #[arg(long)]
     pub insecure_allow_missing_seccomp: bool,
@@ -280,6 +283,7 @@ fn render_status(status: &Value) -> String {
         ),
     );
     render_net_stream(&mut out, &status["net_stream"]);
+    render_input(&mut out, &status["input"]);
     let media = &status["media_session"];
     if media.is_null() {
         line(&mut out, "media session: none".to_string());
@@ -332,6 +336,37 @@ fn render_status(status: &Value) -> String {
         line(&mut out, format!("PROBLEM: {}", text(p)));
     }
     out
+}
+
+/// lumen-input: where it injects, whether gamepads work, and its counters.
+fn render_input(out: &mut String, input: &Value) {
+    if input.is_null() {
+        return;
+    }
+    out.push_str(&format!("input: EIS {}\n", text(&input["eis"])));
+    if input["gamepads_unavailable"].is_null() {
+        out.push_str(&format!(
+            "  gamepads: {} virtual pad slot(s)\n",
+            text(&input["uinput_slots"])
+        ));
+    } else {
+        out.push_str(&format!(
+            "  gamepads unavailable: {}\n",
+            text(&input["gamepads_unavailable"])
+        ));
+    }
+    let s = &input["stats"];
+    if !s.is_null() {
+        out.push_str(&format!(
+            "  {} injected, dropped {} invalid / {} no device / {} over rate, {} released, {} pads\n",
+            text(&s["injected"]),
+            text(&s["dropped_invalid"]),
+            text(&s["dropped_no_device"]),
+            text(&s["dropped_rate"]),
+            text(&s["released"]),
+            text(&s["pads"]),
+        ));
+    }
 }
 
 /// lumen-net's stream statistics: what was sent, what the client's FEC did, what was dropped.
@@ -452,6 +487,20 @@ mod tests {
     }
 
     #[test]
+    fn serve_takes_no_mdns() {
+        let cli = Cli::try_parse_from(["lumen-broker", "serve", "--no-mdns"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Serve(ServeArgs { no_mdns: true, .. }))
+        ));
+        let cli = Cli::try_parse_from(["lumen-broker", "serve"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Serve(ServeArgs { no_mdns: false, .. }))
+        ));
+    }
+
+    #[test]
     fn status_table_mentions_every_field() {
         let status = serde_json::json!({
             "uniqueid": "0123456789ABCDEF", "bind": "127.0.0.1",
@@ -501,6 +550,27 @@ mod tests {
             "media session 3: 640x360@30 H264 1000 kbit/s",
             "capture: running, test-pattern NV12 640x360@30 (90 frames",
             "encode: failed — ERROR: no av1 encoder",
+        ] {
+            assert!(table.contains(needle), "{needle:?} not in\n{table}");
+        }
+    }
+
+    #[test]
+    fn status_table_shows_input_and_unavailable_gamepads() {
+        let status = serde_json::json!({
+            "workers": [], "ports": [],
+            "input": {
+                "eis": "connected to /run/eis-0", "uinput_slots": 0,
+                "gamepads_unavailable": "/dev/uinput missing",
+                "stats": {"injected": 12, "dropped_invalid": 2, "dropped_no_device": 1,
+                          "dropped_rate": 0, "released": 3, "pads": 0}
+            }
+        });
+        let table = render_status(&status);
+        for needle in [
+            "input: EIS connected to /run/eis-0",
+            "gamepads unavailable: /dev/uinput missing",
+            "12 injected, dropped 2 invalid / 1 no device / 0 over rate, 3 released, 0 pads",
         ] {
             assert!(table.contains(needle), "{needle:?} not in\n{table}");
         }

@@ -30,9 +30,13 @@ pub struct Config {
     pub bind: IpAddr,
     /// Sunshine's base port; the others are fixed offsets from it.
     pub port_base: u16,
+    /// Advertise `_nvstream._tcp` over mDNS (UDP 5353), so Moonlight clients find the host.
+    pub mdns: bool,
     pub sandbox: SandboxConfig,
     pub capture: CaptureConfig,
     pub stream: StreamConfig,
+    /// `[input]`: where lumen-input injects (see `crate::input`).
+    pub input: crate::input::InputConfig,
 }
 
 /// `[stream]`: how streams are served.
@@ -142,9 +146,11 @@ impl Default for Config {
         Config {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port_base: 47989,
+            mdns: true,
             sandbox: SandboxConfig::default(),
             capture: CaptureConfig::default(),
             stream: StreamConfig::default(),
+            input: crate::input::InputConfig::default(),
         }
     }
 }
@@ -230,6 +236,13 @@ mod tests {
     }
 
     #[test]
+    fn mdns_is_on_unless_turned_off() {
+        assert!(parse("").unwrap().mdns);
+        assert!(!parse("mdns = false\n").unwrap().mdns);
+        assert!(parse("mdns = \"no\"\n").is_err());
+    }
+
+    #[test]
     fn capture_source_is_read() {
         let c = parse("[capture]\nsource = \"pipewire\"\nvideo_node = \"test-src\"\n").unwrap();
         assert_eq!(c.capture.source, SourceKind::Pipewire);
@@ -257,6 +270,17 @@ mod tests {
         assert_eq!(defaults.capture.portal_cursor, CursorMode::Embedded);
         assert_eq!(defaults.capture.portal_restore_token_file, None);
         assert!(parse("[capture]\nportal_cursor = \"sparkly\"\n").is_err());
+    }
+
+    #[test]
+    fn input_is_read() {
+        let c = parse("[input]\neis_socket = \"/run/eis-0\"\nuinput = false\n").unwrap();
+        assert_eq!(c.input.eis_socket.as_deref(), Some("/run/eis-0"));
+        assert!(!c.input.uinput);
+        let defaults = parse("").unwrap().input;
+        assert_eq!(defaults.eis_socket, None);
+        assert!(defaults.uinput);
+        assert!(parse("[input]\neis = \"x\"\n").is_err());
     }
 
     #[test]

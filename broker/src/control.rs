@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use lumen_ipc::media::SessionParams;
 
+use crate::input::{InputPlumbing, InputStatus};
 use crate::net_stats::{NetStatsBook, NetStreamStatus};
 use crate::pairing::{PairingSlot, Pin};
 use crate::session::recorder::{self, RecordSummary};
@@ -97,6 +98,8 @@ pub struct StatusReport {
     /// since start; none before the first stream. Boxed: its counters would make this the one
     /// large reply.
     pub net_stream: Option<Box<NetStreamStatus>>,
+    /// lumen-input: its devices and counters; `None` in a broker without workers.
+    pub input: Option<InputStatus>,
     /// State files that were corrupt and set aside, and other problems found at start-up.
     pub problems: Vec<String>,
 }
@@ -121,6 +124,8 @@ pub struct BrokerView {
     pub sessions: Option<Sessions>,
     /// lumen-net's stream statistics.
     pub net_stats: NetStatsBook,
+    /// lumen-input's devices and counters; `None` in a broker without workers.
+    pub input: Option<Arc<InputPlumbing>>,
 }
 
 impl BrokerView {
@@ -138,6 +143,7 @@ impl BrokerView {
                     streams: Vec::new(),
                     media_session: self.sessions.as_ref().and_then(Sessions::status),
                     net_stream: self.net_stats.status().map(Box::new),
+                    input: self.input.as_ref().map(|input| input.status()),
                     problems: self.problems.clone(),
                 },
             },
@@ -512,6 +518,7 @@ mod tests {
             pairing: PairingSlot::new(Duration::from_millis(10)),
             sessions: None,
             net_stats,
+            input: None,
         });
         let serving = tokio::spawn({
             let server = server.clone();

@@ -10,6 +10,7 @@ use lumen_ipc::media::EncoderCapabilities;
 use lumen_ipc::msg::{BrokerMsg, WorkerKind, WorkerMsg};
 use lumen_ipc::net_msg::{NetReply, NetRequest, PairReply};
 
+use crate::input::InputPlumbing;
 use crate::net_service::NetService;
 use crate::net_stats::NetStatsBook;
 use crate::session::{ConsumerTarget, Sessions};
@@ -21,6 +22,7 @@ pub fn start(
     sessions: Sessions,
     net: Arc<NetService>,
     net_stats: NetStatsBook,
+    input: Arc<InputPlumbing>,
 ) -> anyhow::Result<()> {
     let mut events = supervisor
         .take_events()
@@ -77,8 +79,22 @@ pub fn start(
                     kind: WorkerKind::Net,
                 } => {
                     push_identity(&supervisor, &net);
+                    // Connecting to EIS and opening uinput are quick, but off the event loop.
+                    let input = input.clone();
+                    tokio::task::spawn_blocking(move || input.on_ready(WorkerKind::Net));
                     sessions.on_event(event);
                 }
+                WorkerEvent::Ready {
+                    kind: WorkerKind::Input,
+                } => {
+                    let input = input.clone();
+                    tokio::task::spawn_blocking(move || input.on_ready(WorkerKind::Input));
+                }
+                // The supervisor passes these on from lumen-input only.
+                WorkerEvent::Session {
+                    kind: WorkerKind::Input,
+                    msg: WorkerMsg::InputStats(stats),
+                } => input.on_stats(stats),
                 // The supervisor passes these on from lumen-net only.
                 WorkerEvent::Session {
                     kind: WorkerKind::Net,

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod control;
 mod dispatch;
+mod input;
 mod logging;
 mod net_service;
 mod net_stats;
@@ -62,6 +63,7 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&paths.config_file)?;
     let bind = args.bind.unwrap_or(config.bind);
     let port_base = args.port_base.unwrap_or(config.port_base);
+    let mdns = config.mdns && !args.no_mdns;
     paths.ensure_dirs()?;
 
     let mut problems = Vec::new();
@@ -109,7 +111,11 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
         // The control socket first: a second broker on the same state dir stops here, before it
         // touches ports or workers.
         let control = ControlServer::bind(&paths.control_socket)?;
-        let sockets = sockets::LanSockets::bind(bind, port_base)?;
+        let sockets = sockets::LanSockets::bind(bind, port_base, mdns)?;
+        if let Some(problem) = sockets.mdns_problem() {
+            tracing::warn!("{problem}");
+            problems.push(problem.to_owned());
+        }
         let ports: Vec<PortStatus> = sockets
             .ports()
             .into_iter()
@@ -127,7 +133,17 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
         )?
         .with_video_encryption(config.stream.encrypt_video));
         let net_stats = net_stats::NetStatsBook::default();
-        dispatch::start(supervisor.clone(), sessions.clone(), net, net_stats.clone())?;
+        let input = Arc::new(input::InputPlumbing::new(
+            supervisor.clone(),
+            config.input.clone(),
+        ));
+        dispatch::start(
+            supervisor.clone(),
+            sessions.clone(),
+            net,
+            net_stats.clone(),
+            input.clone(),
+        )?;
         tracing::info!(%bind, port_base, socket = %paths.control_socket.display(), "lumen-broker serving");
         let view = Arc::new(BrokerView {
             workers: Box::new({
@@ -142,6 +158,7 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             pairing,
             sessions: Some(sessions),
             net_stats,
+            input: Some(input),
         });
         let signal = wait_for_stop_signal()?;
         tokio::select! {

@@ -198,7 +198,8 @@ fn state_dir_before_or_after_the_subcommand_socket_mode_and_one_broker_per_dir()
     for field in ["workers", "ports", "sessions", "streams", "problems"] {
         assert!(a[field].is_array(), "{field} missing: {a}");
     }
-    assert_eq!(a["ports"].as_array().unwrap().len(), 6, "{a}");
+    // The six GameStream sockets plus mDNS (on by default).
+    assert_eq!(a["ports"].as_array().unwrap().len(), 7, "{a}");
 
     let table = stdout(&cli(&dir.0, &["status"]));
     assert!(table.contains("sessions: none"), "{table}");

@@ -385,6 +385,11 @@ fn fake_worker() {
                 &out,
                 &format!("rings generation={generation} fds={}", received.fds.len()),
             ),
+            msg @ (BrokerMsg::InputChannel
+            | BrokerMsg::InputDevices { .. }
+            | BrokerMsg::NetMdns(_)) => {
+                append(&out, &format!("{msg:?} fds={}", received.fds.len()))
+            }
         }
     }
 }
@@ -861,7 +866,7 @@ async fn net_gets_the_same_sockets_after_every_restart() {
     let mut bound = None;
     for attempt in 0..50u16 {
         let base = 40_005 + (std::process::id() % 200) as u16 * 40 + attempt * 40;
-        if let Ok(sockets) = LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base) {
+        if let Ok(sockets) = LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base, false) {
             bound = Some(sockets);
             break;
         }
@@ -1096,7 +1101,7 @@ async fn start_refuses_a_missing_worker_binary() {
         let mut bound = None;
         for attempt in 0..50u16 {
             let base = 45_005 + (std::process::id() % 200) as u16 * 40 + attempt * 40;
-            if let Ok(s) = LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base) {
+            if let Ok(s) = LanSockets::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), base, false) {
                 bound = Some(s);
                 break;
             }

@@ -161,8 +161,18 @@ mod tests {
                     SocketRole::Video,
                     SocketRole::Control,
                     SocketRole::Audio,
+                    SocketRole::Mdns,
                 ],
             },
+            BrokerMsg::NetMdns(crate::msg::MdnsAdvert {
+                instance: "Büro PC".into(),
+                host: "buero-pc".into(),
+                port: 47989,
+                interfaces: vec![crate::msg::MdnsInterface {
+                    address: std::net::Ipv4Addr::new(192, 168, 1, 20),
+                    prefix_len: 24,
+                }],
+            }),
             BrokerMsg::Shutdown,
             BrokerMsg::StartCapture {
                 params: session(),
@@ -201,11 +211,16 @@ mod tests {
             },
             BrokerMsg::StreamRings { generation: 4 },
             BrokerMsg::InputChannel,
+            BrokerMsg::InputDevices {
+                eis: true,
+                uinput: 15,
+            },
         ];
         for m in &all {
             match m {
                 BrokerMsg::Ping { .. }
                 | BrokerMsg::NetSockets { .. }
+                | BrokerMsg::NetMdns(_)
                 | BrokerMsg::Shutdown
                 | BrokerMsg::StartCapture { .. }
                 | BrokerMsg::StartEncode { .. }
@@ -213,7 +228,8 @@ mod tests {
                 | BrokerMsg::NetIdentity(_)
                 | BrokerMsg::NetReply { .. }
                 | BrokerMsg::StreamRings { .. }
-                | BrokerMsg::InputChannel => {}
+                | BrokerMsg::InputChannel
+                | BrokerMsg::InputDevices { .. } => {}
             }
         }
         all
@@ -253,16 +269,14 @@ mod tests {
                 message: vec![9; 130],
             },
         });
-        all.push(WorkerMsg::EncoderCapabilities(
-            crate::media::EncoderCapabilities {
-                codecs: vec![VideoCodec::H264, VideoCodec::Hevc, VideoCodec::Av1],
-                audio_layouts: vec![
-                    AudioLayout::Stereo,
-                    AudioLayout::Surround51,
-                    AudioLayout::Surround71,
-                ],
-            },
-        ));
+        all.push(WorkerMsg::InputStats(crate::input::InputStats {
+            injected: 1 << 40,
+            dropped_invalid: 2,
+            dropped_no_device: 3,
+            dropped_rate: 4,
+            released: 5,
+            pads: 16,
+        }));
         all.push(WorkerMsg::NetStats(crate::net_msg::NetStats {
             stream: 2,
             active: false,
@@ -278,6 +292,16 @@ mod tests {
                 dropped_connections: 2,
             },
         }));
+        all.push(WorkerMsg::EncoderCapabilities(
+            crate::media::EncoderCapabilities {
+                codecs: vec![VideoCodec::H264, VideoCodec::Hevc, VideoCodec::Av1],
+                audio_layouts: vec![
+                    AudioLayout::Stereo,
+                    AudioLayout::Surround51,
+                    AudioLayout::Surround71,
+                ],
+            },
+        ));
         for m in &all {
             match m {
                 WorkerMsg::Ready { .. }
@@ -288,7 +312,8 @@ mod tests {
                 | WorkerMsg::SessionStats { .. }
                 | WorkerMsg::NetRequest { .. }
                 | WorkerMsg::EncoderCapabilities(_)
-                | WorkerMsg::NetStats(_) => {}
+                | WorkerMsg::NetStats(_)
+                | WorkerMsg::InputStats(_) => {}
             }
         }
         all

@@ -136,6 +136,31 @@ pub enum SocketRole {
     Control,
     /// UDP, audio (port_base + 11).
     Audio,
+    /// UDP 5353, multicast DNS (joined to 224.0.0.251): `lumen-net` advertises `_nvstream._tcp`
+    /// on it (see [`MdnsAdvert`]). Absent when mDNS is turned off.
+    Mdns,
+}
+
+/// What `lumen-net` advertises over mDNS: the broker knows it (net cannot list interfaces after
+/// lock-down) and sends it with [`BrokerMsg::NetMdns`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MdnsAdvert {
+    /// The service instance name (`<instance>._nvstream._tcp.local.`): the host name, as Sunshine.
+    pub instance: String,
+    /// The host label of the A records (`<host>.local.`).
+    pub host: String,
+    /// The port the SRV record names: nvhttp over HTTP (port_base).
+    pub port: u16,
+    /// The IPv4 interfaces to answer on, each with its own address in the A record.
+    pub interfaces: Vec<MdnsInterface>,
+}
+
+/// One IPv4 interface mDNS runs on, named by its address (and its subnet, to tell which
+/// interface a query came from).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MdnsInterface {
+    pub address: std::net::Ipv4Addr,
+    pub prefix_len: u8,
 }
 
 /// Messages from the broker to a worker.
@@ -145,6 +170,9 @@ pub enum BrokerMsg {
     Ping { seq: u64 },
     /// The LAN sockets for `lumen-net`; the message carries one fd per role, in this order.
     NetSockets { roles: Vec<SocketRole> },
+    /// `lumen-net`: what to advertise on the [`SocketRole::Mdns`] socket (sent right after
+    /// `NetSockets` when that carried one).
+    NetMdns(MdnsAdvert),
     /// Start capturing for a session (`lumen-capture`). fds, in this order: the frame pool memfd
     /// (read-write), capture's end of the capture↔encode channel, the PCM ring memfd and its
     /// doorbell (capture produces), and, for [`CaptureSource::PipeWire`], the PipeWire remote.
@@ -183,6 +211,12 @@ pub enum BrokerMsg {
     /// `Ready` of either worker (a restart of one gets a fresh pair, and the other its new end);
     /// it replaces the previous channel.
     InputChannel,
+    /// `lumen-input`: the devices to inject into (after each `Ready`; replaces the previous
+    /// ones). fds, in this order: the EIS connection when `eis` (a connected `AF_UNIX` stream
+    /// socket: a compositor's EIS socket or the RemoteDesktop portal's `ConnectToEIS`), then
+    /// `uinput` fds of `/dev/uinput`, each opened separately (the kernel makes one virtual
+    /// device per open file, so one per pad). `uinput == 0` means gamepads are unavailable.
+    InputDevices { eis: bool, uinput: u8 },
     /// Stop cleanly now.
     Shutdown,
 }
@@ -214,11 +248,13 @@ pub enum WorkerMsg {
     },
     /// `lumen-net` only: an operation that needs the broker's secrets (see [`crate::net_msg`]).
     NetRequest { id: u64, request: NetRequest },
-    /// `lumen-net` only: the running stream's statistics, about once a second, and once more
-    /// when it ends (`active: false`).
-    NetStats(NetStats),
     /// `lumen-encode` only, once right after `Ready`: the codecs and audio layouts it can encode
     /// here (found before lock-down). The broker passes them on to lumen-net (`NetIdentity`) and
     /// refuses streams that ask for anything else.
     EncoderCapabilities(EncoderCapabilities),
+    /// `lumen-net` only: the running stream's statistics, about once a second, and once more
+    /// when it ends (`active: false`).
+    NetStats(NetStats),
+    /// `lumen-input` only: its counters, about once a second.
+    InputStats(crate::input::InputStats),
 }

@@ -10,6 +10,7 @@ mod broker_link;
 mod control;
 mod fec_report;
 mod input_forward;
+mod mdns;
 mod nvhttp;
 mod rtsp_server;
 mod seccomp;
@@ -35,6 +36,8 @@ struct Worker {
     identity: Option<NetIdentity>,
     nvhttp: Option<Nvhttp>,
     streams: Option<Arc<Streams>>,
+    /// Dropped on a clean shutdown, which sends the mDNS goodbye.
+    mdns: Option<mdns::MdnsResponder>,
 }
 
 impl Worker {
@@ -142,6 +145,16 @@ impl Worker {
                 self.identity = Some(update);
                 self.start_when_ready()
             }
+            BrokerMsg::NetMdns(advert) if fds.is_empty() => {
+                let socket = match (&self.lan, &self.mdns) {
+                    (Some(lan), None) => lan.dup(SocketRole::Mdns)?,
+                    _ => None,
+                };
+                let socket = socket.ok_or("NetMdns without an mDNS socket, or sent twice")?;
+                self.mdns = Some(mdns::MdnsResponder::start(socket, mdns::advert(&advert)?)?);
+                eprintln!("lumen-net: advertising _nvstream._tcp over mDNS");
+                Ok(())
+            }
             BrokerMsg::InputChannel => {
                 let [fd] = <[std::os::fd::OwnedFd; 1]>::try_from(fds)
                     .map_err(|fds| format!("InputChannel carries {} fds, not 1", fds.len()))?;
@@ -206,6 +219,7 @@ fn main() -> std::process::ExitCode {
             identity: None,
             nvhttp: None,
             streams: None,
+            mdns: None,
         };
         move |msg, fds| worker.handle(msg, fds)
     })

@@ -1,6 +1,7 @@
 //! Helpers shared by the whole-system tests in `tests/tests/`: finding the built binaries, a scratch
 //! directory, and a running `lumen-broker serve` that is stopped (and checked for leftovers) on drop.
 
+pub mod eis_server;
 pub mod media;
 pub mod moonlight;
 pub mod netns;

@@ -36,7 +36,8 @@ pub(crate) struct Outgoing {
 pub(crate) enum WorkerEvent {
     /// A fresh worker of `kind` is ready (after a start or a restart).
     Ready { kind: WorkerKind },
-    /// A session report from the worker (`SessionStarted`, `SessionFailed`, `SessionStats`).
+    /// A session report from the worker (`SessionStarted`, `SessionFailed`, `SessionStats`), or
+    /// `lumen-input`'s `InputStats`.
     Session { kind: WorkerKind, msg: WorkerMsg },
     /// The worker of `kind` is gone (it will be restarted).
     Exited { kind: WorkerKind },
@@ -613,6 +614,17 @@ impl Slot {
                     }
                     let _ = self.events.send(WorkerEvent::NetRequest { id, request });
                 }
+                WorkerMsg::InputStats(stats) => {
+                    if self.kind != WorkerKind::Input || ready_at.is_none() {
+                        return ChannelVerdict::Kill(
+                            "sent input statistics (only a ready lumen-input may)".into(),
+                        );
+                    }
+                    let _ = self.events.send(WorkerEvent::Session {
+                        kind: self.kind,
+                        msg: WorkerMsg::InputStats(stats),
+                    });
+                }
                 WorkerMsg::EncoderCapabilities(capabilities) => {
                     if self.kind != WorkerKind::Encode || ready_at.is_none() {
                         return ChannelVerdict::Kill(
@@ -715,6 +727,9 @@ fn send_sockets(channel: &Channel, sockets: &LanSockets) -> anyhow::Result<()> {
         .map(|(_, fd)| std::os::fd::AsFd::as_fd(fd))
         .collect();
     channel.send(&BrokerMsg::NetSockets { roles }, &fds)?;
+    if let Some(advert) = sockets.mdns_advert() {
+        channel.send(&BrokerMsg::NetMdns(advert.clone()), &[])?;
+    }
     Ok(())
 }
 

@@ -62,6 +62,8 @@ impl Default for Limits {
 pub struct HostIdentity {
     pub uniqueid: String,
     paired: HashSet<[u8; 32]>,
+    /// What lumen-encode can produce (serverinfo's codec bits follow it, as DESCRIBE does).
+    pub encoder: lumen_ipc::media::EncoderCapabilities,
 }
 
 /// What every request handler reads.
@@ -119,6 +121,7 @@ impl Host {
         let identity = HostIdentity {
             uniqueid: update.uniqueid.clone(),
             paired: update.paired_sha256.iter().copied().collect(),
+            encoder: update.encoder.clone(),
         };
         *self.cert.write().unwrap_or_else(PoisonError::into_inner) =
             Some(CertificateDer::from(cert.into_contents()));

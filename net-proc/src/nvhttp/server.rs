@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use lumen_core::nvhttp::{classify, LaunchError, LaunchParams, Listener, NvRequest, PairRequest};
+use lumen_ipc::media::{EncoderCapabilities, VideoCodec};
 use lumen_ipc::net_msg::{NetReply, NetRequest, PairReply, PairStage};
 
 use super::launch;
@@ -26,10 +27,38 @@ use super::Host;
 pub const APP_VERSION: &str = "7.1.431.-1";
 /// What Sunshine reports; moonlight-qt checks the prefix (2.x blocks 4K).
 const GFE_VERSION: &str = "3.23.0.74";
-/// Largest HEVC picture the host encodes (Sunshine's value; 0 would hide HEVC in moonlight-qt).
+/// Largest HEVC picture the host encodes (Sunshine's value; 0 hides HEVC in moonlight-qt, which is
+/// what the host reports when its encoder has no HEVC).
 const MAX_LUMA_PIXELS_HEVC: u64 = 1_869_449_984;
-/// SCM_H264 | SCM_HEVC: what lumen-encode produces today.
-pub const SERVER_CODEC_MODE_SUPPORT: u32 = 0x1 | 0x100;
+/// `ServerCodecModeSupport` bits (`SCM_*` in moonlight-common-c's Limelight.h, protocol notes §2.3).
+const SCM_H264: u32 = 0x1;
+const SCM_HEVC: u32 = 0x100;
+const SCM_AV1_MAIN8: u32 = 0x1_0000;
+
+/// The `ServerCodecModeSupport` bitmask for the codecs lumen-encode reported (8-bit 4:2:0 only:
+/// that is all it encodes). moonlight-qt offers a codec only if its bit is set, so this must follow
+/// the same report DESCRIBE does. Never 0: moonlight-common-c refuses to start with 0, and before
+/// the encoder has reported, H.264 (the software default) is the honest floor — a launch the
+/// encoder cannot serve is still refused by the broker.
+pub fn codec_mode_support(encoder: &EncoderCapabilities) -> u32 {
+    encoder
+        .codecs
+        .iter()
+        .fold(SCM_H264, |mask, codec| match codec {
+            VideoCodec::H264 => mask | SCM_H264,
+            VideoCodec::Hevc => mask | SCM_HEVC,
+            VideoCodec::Av1 => mask | SCM_AV1_MAIN8,
+        })
+}
+
+/// `MaxLumaPixelsHEVC`: Sunshine's limit when the encoder has HEVC, else 0.
+fn max_luma_pixels_hevc(encoder: &EncoderCapabilities) -> u64 {
+    if encoder.codecs.contains(&VideoCodec::Hevc) {
+        MAX_LUMA_PIXELS_HEVC
+    } else {
+        0
+    }
+}
 /// The one app: the desktop (moonlight-python picks apps by name and defaults to "Desktop").
 pub const DESKTOP_ID: u32 = 1;
 const DESKTOP_TITLE: &str = "Desktop";
@@ -168,11 +197,14 @@ fn serverinfo(host: &Host, conn: Conn) -> Xml {
         .field("uniqueid", &identity.uniqueid)
         .field("HttpsPort", host.https_port)
         .field("ExternalPort", host.http_port)
-        .field("MaxLumaPixelsHEVC", MAX_LUMA_PIXELS_HEVC)
+        .field("MaxLumaPixelsHEVC", max_luma_pixels_hevc(&identity.encoder))
         // lumen-net cannot read interface addresses; the all-zero MAC means "unknown" (no WoL).
         .field("mac", "00:00:00:00:00:00")
         .field("LocalIP", local_ip)
-        .field("ServerCodecModeSupport", SERVER_CODEC_MODE_SUPPORT)
+        .field(
+            "ServerCodecModeSupport",
+            codec_mode_support(&identity.encoder),
+        )
         .field("PairStatus", u8::from(paired))
         .field("currentgame", current_game)
         .field("state", state)
@@ -329,7 +361,10 @@ mod tests {
             cert_pem: pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3])),
             paired_sha256: vec![PAIRED],
             encrypt_video: true,
-            encoder: Default::default(),
+            encoder: EncoderCapabilities {
+                codecs: vec![VideoCodec::H264, VideoCodec::Hevc],
+                audio_layouts: Vec::new(),
+            },
         })
         .unwrap();
         Arc::new(host)
@@ -388,6 +423,30 @@ mod tests {
         let paired = xml(&host, https(Some(PAIRED)), "/serverinfo", "").await;
         assert!(paired.contains("<PairStatus>1</PairStatus>"), "{paired}");
         assert!(paired.contains("<LocalIP>127.0.0.1</LocalIP>"), "{paired}");
+    }
+
+    #[test]
+    fn codec_bits_follow_the_encoder_report() {
+        let report = |codecs: &[VideoCodec]| EncoderCapabilities {
+            codecs: codecs.to_vec(),
+            audio_layouts: Vec::new(),
+        };
+        assert_eq!(codec_mode_support(&report(&[VideoCodec::H264])), 0x1);
+        assert_eq!(
+            codec_mode_support(&report(&[
+                VideoCodec::H264,
+                VideoCodec::Hevc,
+                VideoCodec::Av1
+            ])),
+            0x1_0101
+        );
+        // Never 0, even before the encoder has reported.
+        assert_eq!(codec_mode_support(&report(&[])), 0x1);
+        assert_eq!(max_luma_pixels_hevc(&report(&[VideoCodec::Av1])), 0);
+        assert_eq!(
+            max_luma_pixels_hevc(&report(&[VideoCodec::Hevc])),
+            MAX_LUMA_PIXELS_HEVC
+        );
     }
 
     #[tokio::test]
