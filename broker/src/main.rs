@@ -69,10 +69,15 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let loaded = Identity::load_or_create(&paths.state_dir).context("host identity")?;
     for aside in &loaded.set_aside {
-        tracing::error!(
-            "host identity: {aside}; a new identity was made and every client must pair again"
-        );
-        problems.push(format!("host identity: {aside}"));
+        if loaded.interrupted_first_start {
+            // Written before `uniqueid`, which never came: no client can have paired with it.
+            tracing::warn!("host identity: {aside}; an earlier first start was interrupted");
+        } else {
+            tracing::error!(
+                "host identity: {aside}; a new identity was made and every client must pair again"
+            );
+            problems.push(format!("host identity: {aside}"));
+        }
     }
     if loaded.created {
         tracing::info!(uniqueid = %loaded.identity.uniqueid, "made a new host identity");

@@ -3,6 +3,11 @@
 //! `uniqueid`) and reused after; if any part is unreadable or the parts do not belong together,
 //! all of them are set aside, the problem is reported and a new identity is made (every paired
 //! client must then pair again, which is why the caller logs it as an error and shows it in status).
+//!
+//! `uniqueid` is written last, so it marks a finished identity: intact key and certificate files
+//! without it are what a broker killed during its first start leaves. They are set aside all the
+//! same (nothing stored is ever deleted), but reported as an interrupted first start, not as a lost
+//! identity: no client can have paired with an identity that was never complete.
 
 use std::path::Path;
 #[cfg(test)]
@@ -50,6 +55,9 @@ pub struct LoadedIdentity {
     pub identity: Identity,
     pub created: bool,
     pub set_aside: Vec<SetAside>,
+    /// The parts set aside were an unfinished first start (no `uniqueid` yet, nothing corrupt):
+    /// nothing was lost.
+    pub interrupted_first_start: bool,
 }
 
 const KEY_FILE: &str = "host.key";
@@ -69,6 +77,9 @@ impl Identity {
         let cert = atomic::read_or_set_aside(&state_dir.join(CERT_FILE), parse_cert)?;
         let uniqueid = atomic::read_or_set_aside(&state_dir.join(UNIQUEID_FILE), parse_uniqueid)?;
         let mut set_aside = Vec::new();
+        let interrupted_first_start = matches!(uniqueid, Loaded::Missing)
+            && !matches!(key, Loaded::Corrupt(_))
+            && !matches!(cert, Loaded::Corrupt(_));
         match (key, cert, uniqueid) {
             (
                 Loaded::Parsed((key_pair, key_pem)),
@@ -87,6 +98,7 @@ impl Identity {
                         },
                         created: false,
                         set_aside,
+                        interrupted_first_start: false,
                     });
                 }
                 set_aside.push(atomic::set_aside(
@@ -119,6 +131,7 @@ impl Identity {
         Ok(LoadedIdentity {
             identity,
             created: true,
+            interrupted_first_start: interrupted_first_start && !set_aside.is_empty(),
             set_aside,
         })
     }
@@ -231,6 +244,7 @@ mod tests {
         std::fs::write(dir.join(CERT_FILE), "-----BEGIN CERTIFICATE-----\nnope\n").unwrap();
         let replaced = Identity::load_or_create(&dir).unwrap();
         assert!(replaced.created);
+        assert!(!replaced.interrupted_first_start);
         assert_ne!(replaced.identity.cert_der, first.identity.cert_der);
         // The corrupt cert and the surviving key and uniqueid are all kept for inspection.
         assert_eq!(replaced.set_aside.len(), 3, "{:?}", replaced.set_aside);
@@ -249,6 +263,30 @@ mod tests {
         let loaded = Identity::load_or_create(&dir).unwrap();
         assert!(loaded.created);
         assert_eq!(loaded.set_aside.len(), 1);
+        assert!(!loaded.interrupted_first_start);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn key_and_certificate_without_uniqueid_are_an_interrupted_first_start() {
+        let dir = scratch();
+        let first = Identity::load_or_create(&dir).unwrap();
+        assert!(!first.interrupted_first_start);
+        // What a kill after host.crt and before uniqueid leaves behind.
+        std::fs::remove_file(dir.join(UNIQUEID_FILE)).unwrap();
+        let loaded = Identity::load_or_create(&dir).unwrap();
+        assert!(loaded.created);
+        assert!(loaded.interrupted_first_start);
+        // Still nothing deleted: both parts are kept aside.
+        assert_eq!(loaded.set_aside.len(), 2, "{:?}", loaded.set_aside);
+        for aside in &loaded.set_aside {
+            assert!(aside.moved_to.exists());
+        }
+        // A lost uniqueid next to a corrupt certificate is corruption, not an interrupted start.
+        std::fs::remove_file(dir.join(UNIQUEID_FILE)).unwrap();
+        std::fs::write(dir.join(CERT_FILE), "garbage").unwrap();
+        let corrupt = Identity::load_or_create(&dir).unwrap();
+        assert!(!corrupt.interrupted_first_start);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
