@@ -115,6 +115,41 @@ impl Connection {
         }
         held
     }
+
+    /// Buttons this connection's devices hold now (nothing once the connection is closed).
+    pub fn held_buttons(&self) -> Vec<u32> {
+        if !self.open {
+            return Vec::new();
+        }
+        let mut held = Vec::new();
+        for s in &self.seen {
+            match *s {
+                Seen::Button { button, down: true } if !held.contains(&button) => held.push(button),
+                Seen::Button {
+                    button,
+                    down: false,
+                } => held.retain(|b| *b != button),
+                _ => {}
+            }
+        }
+        held
+    }
+
+    /// Touch contacts this connection's devices hold now (nothing once it is closed).
+    pub fn held_touches(&self) -> Vec<u32> {
+        if !self.open {
+            return Vec::new();
+        }
+        let mut held = Vec::new();
+        for s in &self.seen {
+            match *s {
+                Seen::TouchDown { id, .. } if !held.contains(&id) => held.push(id),
+                Seen::TouchUp { id } => held.retain(|t| *t != id),
+                _ => {}
+            }
+        }
+        held
+    }
 }
 
 type Shared = Arc<Mutex<Vec<Connection>>>;
