@@ -36,6 +36,9 @@ use crate::input_forward::StreamInput;
 use crate::rtsp_server::RtspTally;
 use media::{MediaConfig, MediaStreams};
 
+/// `x-ss-general.featureFlags` bit: the host takes pen and touch events.
+const SS_FF_PEN_TOUCH_EVENTS: u32 = 0x01;
+
 /// How long the broker gets to start or stop capture and encode.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(15);
 /// The app every launch runs (the desktop).
@@ -153,7 +156,10 @@ fn describe_params(encrypt_video: bool, encoder: &EncoderCapabilities) -> Descri
         hevc: encoder.has_codec(ipc_media::VideoCodec::Hevc),
         av1: encoder.has_codec(ipc_media::VideoCodec::Av1),
         rfi: false,
-        ss_feature_flags: 0,
+        // Pen and touch (moonlight-common-c's LI_FF_PEN_TOUCH_EVENTS): lumen-input injects them,
+        // and without the flag the client refuses LiSendTouchEvent/LiSendPenEvent. Controller
+        // touchpads and motion (0x02) stay off: an Xbox-style pad has no place for them.
+        ss_feature_flags: SS_FF_PEN_TOUCH_EVENTS,
         encryption_supported: rtsp::sdp::SS_ENC_CONTROL_V2
             | rtsp::sdp::SS_ENC_AUDIO
             | rtsp::sdp::SS_ENC_VIDEO,
