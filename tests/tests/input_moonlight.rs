@@ -311,3 +311,24 @@ fn moonlight_input_reaches_the_eis_server_as_sent() -> Result<()> {
     );
     Ok(())
 }
+
+/// `eis_socket = "portal"`: ConnectToEIS is RemoteDesktop version 2 (xdg-desktop-portal 1.17),
+/// which the 1.16 frontend here lacks, so the broker has no portal client; status must say what
+/// is missing, and lumen-input still runs (for gamepads).
+#[test]
+fn the_portal_eis_source_says_what_is_missing() -> Result<()> {
+    let broker = Broker::start_with_config("input-portal", "[input]\neis_socket = \"portal\"\n")?;
+    let status = broker.wait_until(WAIT, "input statistics in status", |s| {
+        !input_stats(s).is_null()
+    })?;
+    let eis = status["input"]["eis"].as_str().unwrap_or_default();
+    ensure!(
+        eis.starts_with("unavailable: ")
+            && eis.contains("ConnectToEIS")
+            && eis.contains("xdg-desktop-portal 1.17"),
+        "status input.eis: {eis:?}"
+    );
+    let table = String::from_utf8(broker.cli(&["status"])?.stdout)?;
+    ensure!(table.contains("ConnectToEIS"), "{table}");
+    Ok(())
+}
