@@ -397,17 +397,33 @@ fn render_net_stream(out: &mut String, net: &Value) {
             text(&net["rfi_requests"]),
         ),
         format!(
-            "  dropped: {} control packets rejected, {} control peers refused, {} foreign datagrams, \
+            "  dropped: {} control packets rejected, {} control peers refused, foreign datagrams \
+             (video {}, audio {}, control {}), {} invalid input events, {} input undelivered, \
              {} send errors, {} ring drops (video {}, audio {}), {} RTSP connections",
             text(&net["rejected_control"]),
             text(&net["refused_control_peers"]),
-            text(&net["foreign_datagrams"]),
+            text(&net["video_foreign_datagrams"]),
+            text(&net["audio_foreign_datagrams"]),
+            text(&net["control_foreign_datagrams"]),
+            text(&net["input_invalid"]),
+            text(&net["input_dropped"]),
             text(&net["send_errors"]),
             net["video_ring_drops"].as_u64().unwrap_or(0)
                 + net["audio_ring_drops"].as_u64().unwrap_or(0),
             text(&net["video_ring_drops"]),
             text(&net["audio_ring_drops"]),
             text(&net["rtsp"]["dropped_connections"]),
+        ),
+        format!(
+            "  nvhttp: {} requests ({} refused, {} unauthorized); closed: {} malformed, \
+             {} timed out, {} TLS failures; {} waited for a slot",
+            text(&net["http"]["requests"]),
+            text(&net["http"]["refused"]),
+            text(&net["http"]["unauthorized"]),
+            text(&net["http"]["malformed"]),
+            text(&net["http"]["timeouts"]),
+            text(&net["http"]["tls_failures"]),
+            text(&net["http"]["waited_for_slot"]),
         ),
         format!(
             "  since start: {} streams, {} frames sent, {} frames recovered by FEC, {} lost, {} IDR requests",
@@ -585,9 +601,13 @@ mod tests {
                 "video_datagrams": 5000, "video_bytes": 7000000, "audio_packets": 3000,
                 "fec_reports": 40, "fec_recovered_frames": 37, "fec_repaired_shards": 45,
                 "frames_lost": 3, "idr_requests": 2, "rfi_requests": 0,
-                "rejected_control": 4, "refused_control_peers": 1, "foreign_datagrams": 6,
+                "rejected_control": 4, "refused_control_peers": 1,
+                "video_foreign_datagrams": 6, "audio_foreign_datagrams": 5,
+                "control_foreign_datagrams": 4, "input_invalid": 3, "input_dropped": 2,
                 "send_errors": 0, "video_ring_drops": 7, "audio_ring_drops": 1,
                 "rtsp": {"requests": 7, "refused": 0, "dropped_connections": 2},
+                "http": {"requests": 20, "refused": 9, "unauthorized": 4, "malformed": 8,
+                         "timeouts": 7, "tls_failures": 6, "waited_for_slot": 5},
                 "totals": {"streams": 2, "frames_sent": 1500, "fec_recovered_frames": 50,
                            "frames_lost": 3, "idr_requests": 5}
             }
@@ -596,7 +616,10 @@ mod tests {
         for needle in [
             "stream 2 (ended): 900 frames sent (1 skipped), 5000 video datagrams",
             "client FEC: 40 reports, 37 frames recovered (45 shards), 3 frames lost; 2 IDR",
-            "4 control packets rejected, 1 control peers refused, 6 foreign datagrams",
+            "4 control packets rejected, 1 control peers refused, foreign datagrams \
+             (video 6, audio 5, control 4), 3 invalid input events, 2 input undelivered",
+            "nvhttp: 20 requests (9 refused, 4 unauthorized); closed: 8 malformed, 7 timed out, \
+             6 TLS failures; 5 waited for a slot",
             "8 ring drops (video 7, audio 1), 2 RTSP connections",
             "since start: 2 streams, 1500 frames sent, 50 frames recovered by FEC, 3 lost, 5 IDR",
         ] {

@@ -507,6 +507,7 @@ mod tests {
                 ..Default::default()
             },
             rtsp: Default::default(),
+            http: Default::default(),
         });
         let view = Arc::new(BrokerView {
             workers: Box::new(Vec::new),

@@ -99,7 +99,7 @@ pub fn start(
                 WorkerEvent::Session {
                     kind: WorkerKind::Net,
                     msg: WorkerMsg::NetStats(stats),
-                } => net_stats.record(stats),
+                } => net_stats.record(*stats),
                 WorkerEvent::Exited {
                     kind: WorkerKind::Net,
                 } => {

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use lumen_ipc::net_msg::{NetCounters, NetStats, RtspCounters};
+use lumen_ipc::net_msg::{HttpCounters, NetCounters, NetStats, RtspCounters};
 use serde::Serialize;
 
 /// What `status` shows as `net_stream`.
@@ -20,6 +20,8 @@ pub struct NetStreamStatus {
     pub counters: NetCounters,
     /// The RTSP listener of the lumen-net that serves it, since that lumen-net started.
     pub rtsp: RtspCounters,
+    /// Its HTTP and HTTPS listeners, since that lumen-net started.
+    pub http: HttpCounters,
     /// Every stream since the broker started.
     pub totals: NetTotals,
 }
@@ -32,6 +34,7 @@ pub struct NetTotals {
     #[serde(flatten)]
     pub counters: NetCounters,
     pub rtsp: RtspCounters,
+    pub http: HttpCounters,
 }
 
 /// The broker's record of lumen-net's reports; cheap to clone (shared).
@@ -49,6 +52,8 @@ struct Book {
     ended: NetCounters,
     /// RTSP counters of the lumen-net instances that exited.
     ended_rtsp: RtspCounters,
+    /// HTTP counters of the lumen-net instances that exited.
+    ended_http: HttpCounters,
 }
 
 impl NetStatsBook {
@@ -93,6 +98,7 @@ impl NetStatsBook {
                     book.ended.add(&last.counters);
                 }
                 book.ended_rtsp.add(&last.rtsp);
+                book.ended_http.add(&last.http);
                 book.latest = Some((
                     seen_in,
                     NetStats {
@@ -113,19 +119,22 @@ impl NetStatsBook {
         if last.active {
             counters.add(&last.counters);
         }
-        let mut rtsp = book.ended_rtsp;
+        let (mut rtsp, mut http) = (book.ended_rtsp, book.ended_http);
         if seen_in == book.instance {
             rtsp.add(&last.rtsp);
+            http.add(&last.http);
         }
         Some(NetStreamStatus {
             stream: last.stream,
             active: last.active,
             counters: last.counters,
             rtsp: last.rtsp,
+            http: last.http,
             totals: NetTotals {
                 streams: book.streams,
                 counters,
                 rtsp,
+                http,
             },
         })
     }
@@ -147,6 +156,10 @@ mod tests {
             rtsp: RtspCounters {
                 requests: rtsp_requests,
                 ..RtspCounters::default()
+            },
+            http: HttpCounters {
+                requests: rtsp_requests * 2,
+                ..HttpCounters::default()
             },
         }
     }
@@ -181,6 +194,7 @@ mod tests {
         assert_eq!(status.totals.counters.fec_recovered_frames, 13 + 3 + 1);
         // RTSP counters run for the life of one lumen-net: the newest is its total.
         assert_eq!(status.totals.rtsp.requests, 21);
+        assert_eq!(status.totals.http.requests, 42);
     }
 
     #[test]
@@ -200,6 +214,9 @@ mod tests {
         assert_eq!(status.totals.streams, 3);
         assert_eq!(status.totals.counters.frames_sent, 170);
         assert_eq!(status.totals.rtsp.requests, 21);
+        // nvhttp's counters carry across lumen-net instances the same way.
+        assert_eq!(status.totals.http.requests, 42);
+        assert_eq!(status.http.requests, 14);
         // An exit with no stream of its own changes nothing but the instance.
         book.net_exited();
         book.net_exited();

@@ -305,7 +305,7 @@ fn fake_worker() {
     if mode == "net-stats" {
         channel
             .send(
-                &WorkerMsg::NetStats(lumen_ipc::net_msg::NetStats {
+                &WorkerMsg::NetStats(Box::new(lumen_ipc::net_msg::NetStats {
                     stream: 1,
                     active: true,
                     counters: lumen_ipc::net_msg::NetCounters {
@@ -313,7 +313,8 @@ fn fake_worker() {
                         ..Default::default()
                     },
                     rtsp: Default::default(),
-                }),
+                    http: Default::default(),
+                })),
                 &[],
             )
             .expect("send NetStats");

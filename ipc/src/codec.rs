@@ -277,7 +277,7 @@ mod tests {
             released: 5,
             pads: 16,
         }));
-        all.push(WorkerMsg::NetStats(crate::net_msg::NetStats {
+        all.push(WorkerMsg::NetStats(Box::new(crate::net_msg::NetStats {
             stream: 2,
             active: false,
             counters: crate::net_msg::NetCounters {
@@ -291,7 +291,12 @@ mod tests {
                 refused: 1,
                 dropped_connections: 2,
             },
-        }));
+            http: crate::net_msg::HttpCounters {
+                requests: 9,
+                timeouts: 4,
+                ..Default::default()
+            },
+        })));
         all.push(WorkerMsg::EncoderCapabilities(
             crate::media::EncoderCapabilities {
                 codecs: vec![VideoCodec::H264, VideoCodec::Hevc, VideoCodec::Av1],

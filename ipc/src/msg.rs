@@ -254,7 +254,8 @@ pub enum WorkerMsg {
     EncoderCapabilities(EncoderCapabilities),
     /// `lumen-net` only: the running stream's statistics, about once a second, and once more
     /// when it ends (`active: false`).
-    NetStats(NetStats),
+    /// (Boxed: its counters would make every message several hundred bytes.)
+    NetStats(Box<NetStats>),
     /// `lumen-input` only: its counters, about once a second.
     InputStats(crate::input::InputStats),
 }

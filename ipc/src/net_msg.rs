@@ -208,6 +208,8 @@ pub struct NetStats {
     pub counters: NetCounters,
     /// The RTSP listener, since this lumen-net started (it serves every launch).
     pub rtsp: RtspCounters,
+    /// The HTTP and HTTPS (nvhttp) listeners, since this lumen-net started.
+    pub http: HttpCounters,
 }
 
 /// The counters of one stream: the control stream, the client's FEC reports, the senders.
@@ -227,6 +229,13 @@ pub struct NetCounters {
     pub rejected_control: u64,
     /// Control: ENet peers turned away (wrong connect data, or a second client).
     pub refused_control_peers: u64,
+    /// Control: datagrams on the control port from any address but the connected client's
+    /// (ENet drops what is not a valid command; none of them reach the stream).
+    pub control_foreign_datagrams: u64,
+    /// Input events that did not decode or were out of range (dropped).
+    pub input_invalid: u64,
+    /// Valid input events not delivered to lumen-input (no channel, or a full one).
+    pub input_dropped: u64,
     /// The client's frame FEC reports (0x5502), each about one FEC block.
     pub fec_reports: u64,
     /// Reports of a block the client rebuilt from parity (data shards were missing).
@@ -271,8 +280,10 @@ pub struct NetCounters {
     pub video_pings: u64,
     /// Client pings accepted on the audio port.
     pub audio_pings: u64,
-    /// Datagrams on the video and audio ports that were no ping of this stream (dropped).
-    pub foreign_datagrams: u64,
+    /// Datagrams on the video port that were no ping of this stream (dropped).
+    pub video_foreign_datagrams: u64,
+    /// Datagrams on the audio port that were no ping of this stream (dropped).
+    pub audio_foreign_datagrams: u64,
 }
 
 impl NetCounters {
@@ -287,6 +298,9 @@ impl NetCounters {
             input_packets,
             rejected_control,
             refused_control_peers,
+            control_foreign_datagrams,
+            input_invalid,
+            input_dropped,
             fec_reports,
             fec_recovered_frames,
             fec_repaired_shards,
@@ -309,7 +323,8 @@ impl NetCounters {
             encoder_idr_errors,
             video_pings,
             audio_pings,
-            foreign_datagrams,
+            video_foreign_datagrams,
+            audio_foreign_datagrams,
         } = *other;
         let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
         sum(&mut self.idr_requests, idr_requests);
@@ -319,6 +334,12 @@ impl NetCounters {
         sum(&mut self.input_packets, input_packets);
         sum(&mut self.rejected_control, rejected_control);
         sum(&mut self.refused_control_peers, refused_control_peers);
+        sum(
+            &mut self.control_foreign_datagrams,
+            control_foreign_datagrams,
+        );
+        sum(&mut self.input_invalid, input_invalid);
+        sum(&mut self.input_dropped, input_dropped);
         sum(&mut self.fec_reports, fec_reports);
         sum(&mut self.fec_recovered_frames, fec_recovered_frames);
         sum(&mut self.fec_repaired_shards, fec_repaired_shards);
@@ -341,7 +362,8 @@ impl NetCounters {
         sum(&mut self.encoder_idr_errors, encoder_idr_errors);
         sum(&mut self.video_pings, video_pings);
         sum(&mut self.audio_pings, audio_pings);
-        sum(&mut self.foreign_datagrams, foreign_datagrams);
+        sum(&mut self.video_foreign_datagrams, video_foreign_datagrams);
+        sum(&mut self.audio_foreign_datagrams, audio_foreign_datagrams);
     }
 }
 
@@ -368,6 +390,50 @@ impl RtspCounters {
         self.requests = self.requests.saturating_add(requests);
         self.refused = self.refused.saturating_add(refused);
         self.dropped_connections = self.dropped_connections.saturating_add(dropped_connections);
+    }
+}
+
+/// The nvhttp listeners' counters (HTTP and HTTPS together): what was answered, and every
+/// connection or request turned away.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpCounters {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, answered with an error status (malformed, unknown path, not paired, …).
+    pub refused: u64,
+    /// Of the refused, HTTPS requests from a client certificate that is not paired (401).
+    pub unauthorized: u64,
+    /// Connections closed on a malformed or oversized request head.
+    pub malformed: u64,
+    /// Connections closed because a request head, a TLS handshake or the connection's lifetime
+    /// ran out of time (slow clients).
+    pub timeouts: u64,
+    /// TLS handshakes that failed (not TLS, no acceptable version or cipher, a bad certificate).
+    pub tls_failures: u64,
+    /// Connections accepted only after waiting for a free connection slot (all were taken).
+    pub waited_for_slot: u64,
+}
+
+impl HttpCounters {
+    /// Adds `other` to these counters (saturating).
+    pub fn add(&mut self, other: &HttpCounters) {
+        let HttpCounters {
+            requests,
+            refused,
+            unauthorized,
+            malformed,
+            timeouts,
+            tls_failures,
+            waited_for_slot,
+        } = *other;
+        let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        sum(&mut self.requests, requests);
+        sum(&mut self.refused, refused);
+        sum(&mut self.unauthorized, unauthorized);
+        sum(&mut self.malformed, malformed);
+        sum(&mut self.timeouts, timeouts);
+        sum(&mut self.tls_failures, tls_failures);
+        sum(&mut self.waited_for_slot, waited_for_slot);
     }
 }
 
@@ -465,5 +531,22 @@ mod tests {
                 dropped_connections: u64::MAX,
             }
         );
+    }
+
+    #[test]
+    fn http_counters_add_up_every_field_and_saturate() {
+        let fields = postcard::to_stdvec(&HttpCounters::default()).unwrap().len();
+        let numbered: Vec<u8> = (1..=fields as u8).collect();
+        let one: HttpCounters = postcard::from_bytes(&numbered).unwrap();
+        let mut sum = one;
+        sum.add(&one);
+        let doubled: Vec<u8> = numbered.iter().map(|n| n * 2).collect();
+        assert_eq!(sum, postcard::from_bytes::<HttpCounters>(&doubled).unwrap());
+        let mut full = HttpCounters {
+            timeouts: u64::MAX,
+            ..HttpCounters::default()
+        };
+        full.add(&one);
+        assert_eq!(full.timeouts, u64::MAX);
     }
 }

@@ -37,7 +37,26 @@ pub const TERMINATION_GRACEFUL: u32 = 0x8003_0023;
 /// rusty_enet's own `UdpSocket` binding turns on (a LAN-facing socket has no use for it), and
 /// errors a peer can provoke from afar (ICMP-reported refusals and unreachables) read as "nothing
 /// arrived" or "not sent" instead of ending the stream.
-struct ControlSocket(UdpSocket);
+///
+/// It also counts datagrams from anyone but the connected client (`foreign`), which ENet itself
+/// drops without a word when they are not valid commands.
+struct ControlSocket {
+    socket: UdpSocket,
+    /// The connected client's address; `None` before it connects (nothing is counted then).
+    client: Option<SocketAddr>,
+    /// Datagrams from another address while a client was connected, not yet added to the stats.
+    foreign: u64,
+}
+
+impl ControlSocket {
+    fn new(socket: UdpSocket) -> ControlSocket {
+        ControlSocket {
+            socket,
+            client: None,
+            foreign: 0,
+        }
+    }
+}
 
 fn transient(e: &io::Error) -> bool {
     matches!(
@@ -56,11 +75,11 @@ impl Socket for ControlSocket {
     type Error = io::Error;
 
     fn init(&mut self, _options: SocketOptions) -> Result<(), io::Error> {
-        self.0.set_nonblocking(true)
+        self.socket.set_nonblocking(true)
     }
 
     fn send(&mut self, address: SocketAddr, buffer: &[u8]) -> Result<usize, io::Error> {
-        match self.0.send_to(buffer, address) {
+        match self.socket.send_to(buffer, address) {
             Ok(sent) => Ok(sent),
             Err(e) if transient(&e) => Ok(0),
             Err(e) => Err(e),
@@ -71,8 +90,13 @@ impl Socket for ControlSocket {
         &mut self,
         buffer: &mut [u8; MTU_MAX],
     ) -> Result<Option<(SocketAddr, PacketReceived)>, io::Error> {
-        match self.0.recv_from(buffer) {
-            Ok((len, from)) => Ok(Some((from, PacketReceived::Complete(len)))),
+        match self.socket.recv_from(buffer) {
+            Ok((len, from)) => {
+                if self.client.is_some_and(|client| client != from) {
+                    self.foreign += 1;
+                }
+                Ok(Some((from, PacketReceived::Complete(len))))
+            }
             Err(e) if transient(&e) => Ok(None),
             Err(e) => Err(e),
         }
@@ -121,6 +145,8 @@ pub struct ControlStats {
     pub rejected: u64,
     /// ENet peers turned away: wrong connect data, or a second client.
     pub refused_peers: u64,
+    /// Datagrams from any address but the connected client's, while it was connected.
+    pub foreign_datagrams: u64,
 }
 
 /// The session settings the control stream needs.
@@ -148,7 +174,7 @@ impl Control {
         config: ControlConfig,
         on_event: impl Fn(ControlEvent) + Send + 'static,
     ) -> Result<Control, String> {
-        let socket = ControlSocket(UdpSocket::from(config.socket));
+        let socket = ControlSocket::new(UdpSocket::from(config.socket));
         let stop = Arc::new(AtomicBool::new(false));
         let termination = Arc::new(Mutex::new(None));
         let stats = Arc::new(Mutex::new(ControlStats::default()));
@@ -162,6 +188,7 @@ impl Control {
                         crypto,
                         connect_data: config.connect_data,
                         client: None,
+                        client_addr: None,
                         stats,
                         on_event: &on_event,
                         input: config.input,
@@ -221,6 +248,8 @@ struct Run<'a, F: Fn(ControlEvent)> {
     crypto: ControlCrypto,
     connect_data: u32,
     client: Option<PeerID>,
+    /// The connected client's address, for counting everyone else's datagrams.
+    client_addr: Option<SocketAddr>,
     stats: Arc<Mutex<ControlStats>>,
     on_event: &'a F,
     input: Option<StreamInput>,
@@ -233,6 +262,16 @@ struct Run<'a, F: Fn(ControlEvent)> {
 impl<F: Fn(ControlEvent)> Run<'_, F> {
     fn count(&self, f: impl FnOnce(&mut ControlStats)) {
         f(&mut self.stats.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Moves the socket's count of other addresses' datagrams into the stats, and tells it who
+    /// the client is now.
+    fn count_foreign(&self, socket: &mut ControlSocket) {
+        socket.client = self.client_addr;
+        let foreign = std::mem::take(&mut socket.foreign);
+        if foreign > 0 {
+            self.count(|s| s.foreign_datagrams += foreign);
+        }
     }
 
     fn serve(
@@ -269,6 +308,7 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
                     "the client did not connect to the control stream within {CONNECT_TIMEOUT:?}"
                 ));
             }
+            self.count_foreign(host.socket_mut());
             self.flush_input();
             self.forward_feedback(&mut host);
             if !busy {
@@ -300,6 +340,7 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
                 // The client itself gives up after 10 s without traffic (§5.1).
                 peer.set_timeout(0, 10_000, 10_000);
                 self.client = Some(peer.id());
+                self.client_addr = peer.address();
                 *ever_connected = true;
                 if let Some(addr) = peer.address() {
                     (self.on_event)(ControlEvent::Connected(addr));
@@ -308,6 +349,7 @@ impl<F: Fn(ControlEvent)> Run<'_, F> {
             }
             Event::Disconnect { peer, .. } => (self.client == Some(peer.id())).then(|| {
                 self.client = None;
+                self.client_addr = None;
                 "the client left the control stream".to_string()
             }),
             Event::Receive { peer, packet, .. } => {
@@ -591,6 +633,17 @@ mod tests {
         );
         // Both the IDR request and the reference-frame invalidation ask the encoder for an IDR.
         assert_eq!(idrs(&events), 2, "{events:?}");
+        // Now that the host knows the client: datagrams from another address (junk, a
+        // truncated ENet header, an oversized one) are counted as foreign, and the client's
+        // stream goes on (its termination below still arrives).
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for junk in [&[0xffu8; 1][..], &[0, 0, 0x82, 0xff][..], &[0x5a; 1400][..]] {
+            stranger.send_to(junk, addr).unwrap();
+        }
+        while Instant::now() < deadline && control.stats().foreign_datagrams < 3 {
+            let _ = client.service();
+            std::thread::sleep(Duration::from_millis(1));
+        }
         while Instant::now() < deadline && control.stats().rejected == 0 {
             let _ = client.service();
             std::thread::sleep(Duration::from_millis(1));
@@ -627,6 +680,7 @@ mod tests {
         assert_eq!(stats.fec_repaired_shards, 2);
         assert_eq!(stats.fec_lost, 1);
         assert_eq!(stats.refused_peers, 0);
+        assert_eq!(stats.foreign_datagrams, 3);
     }
 
     #[test]

@@ -6,10 +6,13 @@
 mod launch;
 mod pairing;
 pub mod server;
+mod tally;
 #[cfg(test)]
 mod tests;
 mod tls;
 mod xml;
+
+pub use tally::HttpTally;
 
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
@@ -28,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::broker_link::BrokerLink;
 use server::{Conn, Transport};
+use tally::ConnectionEnd;
 
 /// Runtime worker threads: the TLS signer blocks one while the broker signs, so more than one.
 /// (lumen-net's seccomp policy allows 16 threads in all.)
@@ -77,6 +81,8 @@ pub struct Host {
     cert: Arc<RwLock<Option<CertificateDer<'static>>>>,
     /// The streaming side (`/launch`, `/resume`, `/cancel`, `currentgame`), once it runs.
     streams: std::sync::OnceLock<Arc<crate::stream::Streams>>,
+    /// What both listeners answered and refused (reported with the stream statistics).
+    pub tally: Arc<HttpTally>,
 }
 
 impl Host {
@@ -89,11 +95,13 @@ impl Host {
             identity: RwLock::new(None),
             cert: Arc::new(RwLock::new(None)),
             streams: std::sync::OnceLock::new(),
+            tally: Arc::new(HttpTally::default()),
         }
     }
 
-    /// Hands over the streaming side; the first one stays.
+    /// Hands over the streaming side (which reports our counters); the first one stays.
     pub fn set_streams(&self, streams: Arc<crate::stream::Streams>) {
+        streams.report_http(self.tally.clone());
         let _ = self.streams.set(streams);
     }
 
@@ -235,6 +243,9 @@ async fn accept_loop(
     let name = if tls.is_some() { "HTTPS" } else { "HTTP" };
     loop {
         // Wait for a free slot first, so excess clients queue in the backlog.
+        if slots.available_permits() == 0 {
+            host.tally.waited_for_slot();
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -250,23 +261,55 @@ async fn accept_loop(
         let (host, tls) = (host.clone(), tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let tally = host.tally.clone();
             let served = tokio::time::timeout(
                 limits.connection_lifetime,
                 connection(stream, host, tls, limits),
             );
-            if let Ok(Err(e)) = served.await {
-                eprintln!("lumen-net: {name} connection: {e}");
+            let (end, why) = match served.await {
+                Ok(Ok(())) => return tally.ended(ConnectionEnd::Served),
+                Ok(Err(failed)) => failed,
+                Err(_) => (
+                    ConnectionEnd::TimedOut,
+                    "the connection outlived its lifetime".to_string(),
+                ),
+            };
+            tally.ended(end);
+            if let Some(permit) = tally.log_line(std::time::Instant::now()) {
+                if permit.held_back > 0 {
+                    eprintln!(
+                        "lumen-net: {} nvhttp connection errors were not logged (counted in status)",
+                        permit.held_back
+                    );
+                }
+                eprintln!("lumen-net: {name} connection: {why}");
             }
         });
     }
 }
 
+/// How a hyper connection error ends up in the counters.
+fn hyper_end(e: &hyper::Error) -> ConnectionEnd {
+    if e.is_timeout() {
+        ConnectionEnd::TimedOut
+    } else if e.is_parse() || e.is_parse_too_large() {
+        ConnectionEnd::Malformed
+    } else {
+        ConnectionEnd::Other
+    }
+}
+
+fn hyper_failed(e: hyper::Error) -> (ConnectionEnd, String) {
+    (hyper_end(&e), e.to_string())
+}
+
+/// Serves one connection; an error says how it ended and why.
 async fn connection(
     stream: TcpStream,
     host: Arc<Host>,
     tls: Option<TlsAcceptor>,
     limits: Limits,
-) -> Result<(), String> {
+) -> Result<(), (ConnectionEnd, String)> {
     let local = stream.local_addr().ok();
     let _ = stream.set_nodelay(true);
     let mut builder = http1::Builder::new();
@@ -285,14 +328,19 @@ async fn connection(
             builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(hyper_failed)
         }
         Some(acceptor) => {
             let stream =
                 tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
                     .await
-                    .map_err(|_| "TLS handshake timed out".to_string())?
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                    .map_err(|_| {
+                        (
+                            ConnectionEnd::TimedOut,
+                            "TLS handshake timed out".to_string(),
+                        )
+                    })?
+                    .map_err(|e| (ConnectionEnd::TlsFailed, format!("TLS handshake: {e}")))?;
             let client = stream
                 .get_ref()
                 .1
@@ -307,7 +355,7 @@ async fn connection(
             builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(hyper_failed)
         }
     }
 }

@@ -110,6 +110,11 @@ pub async fn serve(
         request.uri().query(),
     )
     .await;
+    host.tally.answered(match &reply {
+        Reply::Xml(xml) => xml.status(),
+        Reply::NotFound => 404,
+        Reply::Png(_) => 200,
+    });
     Ok(response(reply))
 }
 

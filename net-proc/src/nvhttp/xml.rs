@@ -30,7 +30,7 @@ impl Xml {
         }
     }
 
-    #[cfg(test)]
+    /// The `status_code` the document carries.
     pub fn status(&self) -> u32 {
         self.status
     }

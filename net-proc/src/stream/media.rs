@@ -150,8 +150,10 @@ pub struct StreamStats {
     pub video_pings: u64,
     /// Pings accepted on the audio socket.
     pub audio_pings: u64,
-    /// Datagrams on the media sockets that were no ping of this session.
-    pub foreign_datagrams: u64,
+    /// Datagrams on the video socket that were no ping of this session.
+    pub video_foreign_datagrams: u64,
+    /// Datagrams on the audio socket that were no ping of this session.
+    pub audio_foreign_datagrams: u64,
     /// Where video goes (the source of the client's video pings).
     pub video_client: Option<SocketAddr>,
     /// Where audio goes (the source of the client's audio pings).
@@ -179,7 +181,8 @@ pub(super) struct Counters {
     pub idr_request_errors: AtomicU64,
     pub video_pings: AtomicU64,
     pub audio_pings: AtomicU64,
-    pub foreign_datagrams: AtomicU64,
+    pub video_foreign_datagrams: AtomicU64,
+    pub audio_foreign_datagrams: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -469,7 +472,8 @@ impl MediaStreams {
             idr_request_errors: read(&c.idr_request_errors),
             video_pings: read(&c.video_pings),
             audio_pings: read(&c.audio_pings),
-            foreign_datagrams: read(&c.foreign_datagrams),
+            video_foreign_datagrams: read(&c.video_foreign_datagrams),
+            audio_foreign_datagrams: read(&c.audio_foreign_datagrams),
             video_client: *lock(&self.shared.video_client),
             audio_client: *lock(&self.shared.audio_client),
         }
@@ -550,7 +554,12 @@ impl ClientTracker {
                 }
                 self.client.is_none() || (self.client != Some(from) && newer)
             }
-            Some(Ping::Legacy) => !self.payload_seen && self.client != Some(from),
+            // Once the client pings with the payload, a bare "PING" is its only from its own
+            // address; from anywhere else it is no ping of this session.
+            Some(Ping::Legacy) if self.payload_seen => {
+                return (self.client == Some(from), None);
+            }
+            Some(Ping::Legacy) => self.client != Some(from),
         };
         if accept && self.client != Some(from) {
             self.client = Some(from);
@@ -584,17 +593,21 @@ fn read_pings(
 ) -> Option<SocketAddr> {
     let mut changed = None;
     let mut buf = [0u8; 32];
+    let foreign = match kind {
+        Kind::Video => &shared.counters.video_foreign_datagrams,
+        Kind::Audio => &shared.counters.audio_foreign_datagrams,
+    };
     for _ in 0..MAX_DATAGRAMS_PER_WAKE {
         match rustix::net::recvfrom(socket, &mut buf, RecvFlags::DONTWAIT | RecvFlags::TRUNC) {
             Ok((got, len, from)) => {
                 let from = from.and_then(|a| SocketAddr::try_from(a).ok());
                 let Some(from) = from else {
-                    add(&shared.counters.foreign_datagrams, 1);
+                    add(foreign, 1);
                     continue;
                 };
                 let (ping, new) = tracker.offer(&buf[..got], len, from);
                 if !ping {
-                    add(&shared.counters.foreign_datagrams, 1);
+                    add(foreign, 1);
                     continue;
                 }
                 add(

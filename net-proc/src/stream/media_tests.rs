@@ -563,7 +563,10 @@ fn pings_are_matched_by_payload_and_length() {
     let mut t = ClientTracker::new(PAYLOAD);
     assert_eq!(t.offer(b"PING", 4, b), (true, Some(b)));
     assert_eq!(t.offer(&payload_ping(3), 20, mapped), (true, Some(a)));
-    assert_eq!(t.offer(b"PING", 4, b), (true, None));
+    // After a payload ping, a bare "PING" from another address (another source port) is no
+    // ping of this session; from the client's own address it still is.
+    assert_eq!(t.offer(b"PING", 4, b), (false, None));
+    assert_eq!(t.offer(b"PING", 4, a), (true, None));
     assert_eq!(t.offer(&payload_ping(3), 20, b), (true, None));
     assert_eq!(t.offer(&payload_ping(4), 20, b), (true, Some(b)));
     assert_eq!(t.offer(&payload_ping(4), 20, b), (true, None));

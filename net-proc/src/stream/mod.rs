@@ -16,7 +16,7 @@ mod video;
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use lumen_core::audio_packetizer::{AudioEncryption, AudioStreamConfig};
@@ -28,11 +28,12 @@ use lumen_core::rtsp::{
 use lumen_core::video_packetizer::{VideoEncryption, VideoStreamConfig};
 use lumen_ipc::media::{self as ipc_media, AudioLayout, EncoderCapabilities, Generation};
 use lumen_ipc::msg::WorkerMsg;
-use lumen_ipc::net_msg::{NetReply, NetRequest};
+use lumen_ipc::net_msg::{HttpCounters, NetReply, NetRequest};
 
 use crate::broker_link::BrokerLink;
 use crate::control::{Control, ControlConfig, ControlEvent, TERMINATION_GRACEFUL};
 use crate::input_forward::StreamInput;
+use crate::nvhttp::HttpTally;
 use crate::rtsp_server::RtspTally;
 use media::{MediaConfig, MediaStreams};
 
@@ -115,6 +116,8 @@ pub struct Streams {
     commands: Mutex<mpsc::Sender<Command>>,
     /// The RTSP listener's counters (reported with every stream's statistics).
     rtsp: Arc<RtspTally>,
+    /// nvhttp's counters, once nvhttp hands them over ([`Streams::report_http`]).
+    http: Arc<OnceLock<Arc<HttpTally>>>,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], String> {
@@ -177,6 +180,7 @@ impl Streams {
     ) -> Result<Arc<Streams>, String> {
         let (tx, rx) = mpsc::channel();
         let rtsp = Arc::new(RtspTally::default());
+        let http = Arc::new(OnceLock::new());
         let streams = Arc::new(Streams {
             ports,
             encrypt_video: std::sync::atomic::AtomicBool::new(true),
@@ -185,6 +189,7 @@ impl Streams {
             next_launch: AtomicU64::new(1),
             commands: Mutex::new(tx.clone()),
             rtsp: rtsp.clone(),
+            http: http.clone(),
         });
         std::thread::Builder::new()
             .name("lumen-net-stream".into())
@@ -196,6 +201,7 @@ impl Streams {
                     session: None,
                     next_session: 1,
                     rtsp,
+                    http,
                 }
                 .run(rx)
             })
@@ -224,6 +230,11 @@ impl Streams {
     /// The RTSP listener's counters.
     pub fn rtsp_tally(&self) -> &RtspTally {
         &self.rtsp
+    }
+
+    /// Reports nvhttp's counters with every stream's statistics from now on (the first stays).
+    pub fn report_http(&self, tally: Arc<HttpTally>) {
+        let _ = self.http.set(tally);
     }
 
     fn launch_slot(&self) -> std::sync::MutexGuard<'_, Option<Launch>> {
@@ -362,9 +373,14 @@ struct Supervisor {
     session: Option<Session>,
     next_session: u64,
     rtsp: Arc<RtspTally>,
+    http: Arc<OnceLock<Arc<HttpTally>>>,
 }
 
 impl Supervisor {
+    fn http_counters(&self) -> HttpCounters {
+        self.http.get().map(|t| t.counters()).unwrap_or_default()
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
             match rx.recv_timeout(report::INTERVAL) {
@@ -391,9 +407,10 @@ impl Supervisor {
             &session.control.stats(),
             &session.media.stats(),
             &self.rtsp,
+            self.http_counters(),
         );
         // Best effort: a lost report is made good by the next one.
-        let _ = self.link.notify(WorkerMsg::NetStats(stats));
+        let _ = self.link.notify(WorkerMsg::NetStats(Box::new(stats)));
     }
 
     fn handle(&mut self, command: Command) {
@@ -544,8 +561,15 @@ impl Supervisor {
         let control = session.control.stop(TERMINATION_GRACEFUL);
         let media = session.media.stats();
         session.media.stop();
-        let last = report::net_stats(session.id, false, &control, &media, &self.rtsp);
-        if let Err(e) = self.link.notify(WorkerMsg::NetStats(last)) {
+        let last = report::net_stats(
+            session.id,
+            false,
+            &control,
+            &media,
+            &self.rtsp,
+            self.http_counters(),
+        );
+        if let Err(e) = self.link.notify(WorkerMsg::NetStats(Box::new(last))) {
             eprintln!(
                 "lumen-net: the last statistics of stream {}: {e}",
                 session.id

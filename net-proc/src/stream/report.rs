@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lumen_ipc::net_msg::{NetCounters, NetStats};
+use lumen_ipc::net_msg::{HttpCounters, NetCounters, NetStats};
 
 use super::media::StreamStats;
 use crate::control::ControlStats;
@@ -19,12 +19,14 @@ pub(super) fn net_stats(
     control: &ControlStats,
     media: &StreamStats,
     rtsp: &RtspTally,
+    http: HttpCounters,
 ) -> NetStats {
     NetStats {
         stream,
         active,
         counters: counters(control, media),
         rtsp: rtsp.counters(),
+        http,
     }
 }
 
@@ -37,6 +39,9 @@ fn counters(control: &ControlStats, media: &StreamStats) -> NetCounters {
         input_packets: control.input,
         rejected_control: control.rejected,
         refused_control_peers: control.refused_peers,
+        control_foreign_datagrams: control.foreign_datagrams,
+        input_invalid: control.input_invalid,
+        input_dropped: control.input_dropped,
         fec_reports: control.fec_status,
         fec_recovered_frames: control.fec_recovered,
         fec_repaired_shards: control.fec_repaired_shards,
@@ -59,7 +64,8 @@ fn counters(control: &ControlStats, media: &StreamStats) -> NetCounters {
         encoder_idr_errors: media.idr_request_errors,
         video_pings: media.video_pings,
         audio_pings: media.audio_pings,
-        foreign_datagrams: media.foreign_datagrams,
+        video_foreign_datagrams: media.video_foreign_datagrams,
+        audio_foreign_datagrams: media.audio_foreign_datagrams,
     }
 }
 
@@ -81,6 +87,9 @@ mod tests {
             input: 9,
             rejected: 10,
             refused_peers: 11,
+            foreign_datagrams: 31,
+            input_invalid: 32,
+            input_dropped: 33,
             // Counters the report does not carry (yet).
             ..ControlStats::default()
         };
@@ -103,14 +112,20 @@ mod tests {
             idr_request_errors: 27,
             video_pings: 28,
             audio_pings: 29,
-            foreign_datagrams: 30,
+            video_foreign_datagrams: 30,
+            audio_foreign_datagrams: 34,
             ..StreamStats::default()
         };
         let rtsp = RtspTally::default();
         rtsp.answered(false);
         rtsp.answered(true);
         rtsp.dropped();
-        let stats = net_stats(4, false, &control, &media, &rtsp);
+        let http = HttpCounters {
+            requests: 35,
+            ..HttpCounters::default()
+        };
+        let stats = net_stats(4, false, &control, &media, &rtsp, http);
+        assert_eq!(stats.http, http);
         assert_eq!((stats.stream, stats.active), (4, false));
         let c = stats.counters;
         assert_eq!(
@@ -126,8 +141,11 @@ mod tests {
                 c.input_packets,
                 c.rejected_control,
                 c.refused_control_peers,
+                c.control_foreign_datagrams,
+                c.input_invalid,
+                c.input_dropped,
             ],
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 31, 32, 33]
         );
         assert_eq!(
             [
@@ -149,9 +167,10 @@ mod tests {
                 c.encoder_idr_errors,
                 c.video_pings,
                 c.audio_pings,
-                c.foreign_datagrams,
+                c.video_foreign_datagrams,
+                c.audio_foreign_datagrams,
             ],
-            [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]
+            [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 34]
         );
         assert_eq!(
             (

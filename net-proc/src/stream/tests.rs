@@ -70,7 +70,7 @@ fn broker() -> (
             let request = match msg {
                 WorkerMsg::NetRequest { id, request } => (id, request),
                 WorkerMsg::NetStats(report) => {
-                    let _ = stats_tx.send(report);
+                    let _ = stats_tx.send(*report);
                     return Ok(());
                 }
                 _ => return Err("not a request".into()),
