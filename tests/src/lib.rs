@@ -2,6 +2,7 @@
 //! directory, and a running `lumen-broker serve` that is stopped (and checked for leftovers) on drop.
 
 pub mod eis_server;
+pub mod flood;
 pub mod media;
 pub mod moonlight;
 pub mod netns;
