@@ -23,6 +23,17 @@ termination callback (with its error code), or no frame for END_TIMEOUT seconds.
 RECONNECT = "reconnect" it then starts a new stream (once) with the same identity and records
 when that stream's first frame came; with "once" it stops there.
 
+Input on command: each line on stdin is a command, run at once through the client library's
+own LiSend* functions (tests/python/input_client.py loads them through ctypes), for the restart
+test's held-input checks:
+
+  hold     F15 down, then the right mouse button down (and both left held)
+  release  F15 up, then the right mouse button up
+  tap      F16 down and up
+
+The summary counts the calls ("input_calls") and lists those that did not return 0
+("input_failures"). Stdin at EOF (or /dev/null) ends the commands, not the stream.
+
 The last stdout line is a JSON summary; failures are reported there ("error"), never as a bare
 traceback.
 """
@@ -30,6 +41,7 @@ traceback.
 import json
 import struct
 import sys
+import threading
 import time
 
 import numpy as np
@@ -37,6 +49,9 @@ import numpy as np
 import moonlight_python
 from moonlight_python import MoonlightClient
 from moonlight_python.decoder import Decoder
+
+import input_client
+from input_client import BUTTON_RIGHT, VK_F13, button, key
 
 
 class LowDelayDecoder(Decoder):
@@ -59,6 +74,42 @@ END_TIMEOUT_S = 20.0
 READY_TIMEOUT_S = 20.0
 # How long the stream after a reconnect is recorded.
 AFTER_RECONNECT_S = 3.0
+
+
+# The keys of the input commands (Windows virtual keys: F15, F16 follow F13).
+VK_HELD = VK_F13 + 2
+VK_TAP = VK_F13 + 3
+
+
+def input_command(lib, command):
+    """The LiSend* calls of one command, as (name, return code) pairs."""
+    if command == "hold":
+        return [key(lib, VK_HELD, True), button(lib, BUTTON_RIGHT, True)]
+    if command == "release":
+        return [key(lib, VK_HELD, False), button(lib, BUTTON_RIGHT, False)]
+    if command == "tap":
+        return [key(lib, VK_TAP, True), key(lib, VK_TAP, False)]
+    raise ValueError(f"unknown input command {command!r}")
+
+
+def serve_input_commands(result):
+    """Runs the commands read from stdin until EOF (on its own thread: frames keep flowing)."""
+    result["input_calls"] = 0
+    result["input_failures"] = []
+    try:
+        lib = None
+        for line in sys.stdin:
+            command = line.strip()
+            if not command:
+                continue
+            if lib is None:
+                lib = input_client.library()
+            for name, rc in input_command(lib, command):
+                result["input_calls"] += 1
+                if rc != 0:
+                    result["input_failures"].append([command, name, rc])
+    except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
+        result["input_error"] = f"{type(e).__name__}: {e}"
 
 
 def emit(result):
@@ -116,6 +167,8 @@ def stream(host, port, identity_dir, codec, width, height, fps, seconds, out_pat
     client = MoonlightClient(config_dir=identity_dir)
     client.connect(host, port)
     result = {"frames": [0, 0], "ended": [], "reconnected": False}
+    threading.Thread(target=serve_input_commands, args=(result,), name="input",
+                     daemon=True).start()
     started = time.monotonic()
     deadline = started + seconds
     try:

@@ -105,15 +105,7 @@ impl Connection {
         if !self.open {
             return Vec::new();
         }
-        let mut held = Vec::new();
-        for s in &self.seen {
-            match *s {
-                Seen::Key { key, down: true } if !held.contains(&key) => held.push(key),
-                Seen::Key { key, down: false } => held.retain(|k| *k != key),
-                _ => {}
-            }
-        }
-        held
+        self.unreleased_keys()
     }
 
     /// Buttons this connection's devices hold now (nothing once the connection is closed).
@@ -121,18 +113,24 @@ impl Connection {
         if !self.open {
             return Vec::new();
         }
-        let mut held = Vec::new();
-        for s in &self.seen {
-            match *s {
-                Seen::Button { button, down: true } if !held.contains(&button) => held.push(button),
-                Seen::Button {
-                    button,
-                    down: false,
-                } => held.retain(|b| *b != button),
-                _ => {}
-            }
-        }
-        held
+        self.unreleased_buttons()
+    }
+
+    /// Keys the client pressed and never released, open or not: for a closed connection, what
+    /// its client still held when it went (and the compositor let go of with its devices).
+    pub fn unreleased_keys(&self) -> Vec<u32> {
+        pressed(&self.seen, |s| match *s {
+            Seen::Key { key, down } => Some((key, down)),
+            _ => None,
+        })
+    }
+
+    /// Buttons the client pressed and never released, open or not.
+    pub fn unreleased_buttons(&self) -> Vec<u32> {
+        pressed(&self.seen, |s| match *s {
+            Seen::Button { button, down } => Some((button, down)),
+            _ => None,
+        })
     }
 
     /// Touch contacts this connection's devices hold now (nothing once it is closed).
@@ -152,11 +150,38 @@ impl Connection {
     }
 }
 
+/// What is down after `seen`, in the order it went down: `event` names the (code, down) of an
+/// event of the kind asked for.
+fn pressed(seen: &[Seen], event: impl Fn(&Seen) -> Option<(u32, bool)>) -> Vec<u32> {
+    let mut held = Vec::new();
+    for (code, down) in seen.iter().filter_map(event) {
+        if !down {
+            held.retain(|c| *c != code);
+        } else if !held.contains(&code) {
+            held.push(code);
+        }
+    }
+    held
+}
+
 type Shared = Arc<Mutex<Vec<Connection>>>;
+
+/// When one connection was accepted, bound and closed, in CLOCK_MONOTONIC µs (the clock of
+/// [`crate::restarts::monotonic_us`]), taken on the server thread as it saw each: for tests that
+/// time a client's reconnect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Times {
+    pub accepted_us: u64,
+    pub bound_us: Option<u64>,
+    pub closed_us: Option<u64>,
+}
+
+type SharedTimes = Arc<Mutex<Vec<Times>>>;
 
 /// A running EIS server; stops on drop.
 pub struct EisServer {
     connections: Shared,
+    times: SharedTimes,
     streams: mpsc::Sender<UnixStream>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -180,16 +205,18 @@ impl EisServer {
 
     fn start_inner(listener: Option<eis::Listener>) -> Result<EisServer> {
         let connections: Shared = Arc::default();
+        let times: SharedTimes = Arc::default();
         let (streams, incoming) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("eis-server".into())
             .spawn({
-                let (connections, stop) = (connections.clone(), stop.clone());
-                move || serve(listener, incoming, connections, stop)
+                let (connections, times, stop) = (connections.clone(), times.clone(), stop.clone());
+                move || serve(listener, incoming, connections, times, stop)
             })?;
         Ok(EisServer {
             connections,
+            times,
             streams,
             stop,
             thread: Some(thread),
@@ -213,6 +240,14 @@ impl EisServer {
     /// A snapshot of every connection so far, in the order they came.
     pub fn connections(&self) -> Vec<Connection> {
         self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// When each connection so far was accepted, bound and closed, in the order they came.
+    pub fn times(&self) -> Vec<Times> {
+        self.times
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -262,10 +297,24 @@ fn serve(
     listener: Option<eis::Listener>,
     incoming: mpsc::Receiver<UnixStream>,
     connections: Shared,
+    times: SharedTimes,
     stop: Arc<AtomicBool>,
 ) {
     let mut clients: Vec<Client> = Vec::new();
+    let lock_times = || {
+        times
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     let record = |index: usize, seen: Seen| {
+        if let Some(t) = lock_times().get_mut(index) {
+            let now = Some(crate::restarts::monotonic_us());
+            match seen {
+                Seen::Bound { .. } if t.bound_us.is_none() => t.bound_us = now,
+                Seen::Closed => t.closed_us = now,
+                _ => {}
+            }
+        }
         let mut all = connections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -287,6 +336,11 @@ fn serve(
             });
             all.len() - 1
         };
+        // Only this thread adds connections: the two lists stay index for index.
+        lock_times().push(Times {
+            accepted_us: crate::restarts::monotonic_us(),
+            ..Times::default()
+        });
         let handshake = EisHandshaker::new(&context, 1);
         clients.push(Client {
             index,
@@ -496,5 +550,65 @@ impl Client {
             }
             self.devices.push(device);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_times_a_connection_s_accept_and_close() -> Result<()> {
+        let server = EisServer::start()?;
+        let before = crate::restarts::monotonic_us();
+        let client = server.connect_pair()?;
+        server.wait_for("the connection", Duration::from_secs(5), |c| c.len() == 1)?;
+        let times = server.times();
+        assert_eq!(times.len(), 1);
+        assert!(times[0].accepted_us >= before);
+        assert_eq!((times[0].bound_us, times[0].closed_us), (None, None));
+        drop(client);
+        server.wait_for("the close", Duration::from_secs(5), |c| !c[0].open)?;
+        let closed = server.times()[0].closed_us.expect("a close time");
+        assert!(closed >= times[0].accepted_us);
+        Ok(())
+    }
+
+    #[test]
+    fn a_closed_connection_holds_nothing_but_remembers_what_it_left_pressed() {
+        let mut c = Connection {
+            seen: vec![
+                Seen::Key {
+                    key: 30,
+                    down: true,
+                },
+                Seen::Key {
+                    key: 42,
+                    down: true,
+                },
+                Seen::Button {
+                    button: 0x111,
+                    down: true,
+                },
+                Seen::Key {
+                    key: 30,
+                    down: false,
+                },
+                // A spare release changes nothing.
+                Seen::Button {
+                    button: 0x110,
+                    down: false,
+                },
+            ],
+            open: true,
+        };
+        assert_eq!((c.held_keys(), c.held_buttons()), (vec![42], vec![0x111]));
+        c.seen.push(Seen::Closed);
+        c.open = false;
+        assert!(c.held_keys().is_empty() && c.held_buttons().is_empty());
+        assert_eq!(
+            (c.unreleased_keys(), c.unreleased_buttons()),
+            (vec![42], vec![0x111])
+        );
     }
 }

@@ -2,9 +2,13 @@
 //! (arrival time, client frame number and type, and the test pattern's code area of every decoded
 //! frame) and measuring, for each worker kill, how long until the client decoded the first frame
 //! CAPTURED after the kill. Frames the encoder repeats while capture is silent carry an older
-//! capture time, so they never count as recovery.
+//! capture time, so they never count as recovery. [`FrameTail`] follows the file while the client
+//! writes it; [`ClientInput`] sends the script its input commands.
 
-use std::path::Path;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin};
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use lumen_core::pattern::{self, FrameCode};
@@ -68,39 +72,175 @@ pub fn read_timed_frames(path: &Path) -> Result<TimedStream> {
 
 /// Parses the bytes of a `stream_timed.py` file.
 pub fn parse_timed_frames(bytes: &[u8]) -> Result<TimedStream> {
-    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    ensure!(bytes.len() >= 16, "no file header");
-    let (width, height) = (u32_at(bytes, 0), u32_at(bytes, 4));
-    let (area_w, area_h) = (u32_at(bytes, 8), u32_at(bytes, 12));
-    ensure!(
-        pattern::code_area(width, height) == Some((area_w, area_h)),
-        "a {area_w}x{area_h} code area is not the pattern's at {width}x{height}"
-    );
-    let area_len = area_w as usize * area_h as usize;
+    let header = FileHeader::parse(bytes)?;
     let mut frames = Vec::new();
-    let mut rest = &bytes[16..];
-    while !rest.is_empty() {
-        // The client may be killed mid-write; a torn last record is not a frame.
-        if rest.len() < RECORD_HEADER + area_len {
-            break;
+    let mut rest = &bytes[FILE_HEADER..];
+    // The client may be killed mid-write; a torn last record is not a frame.
+    while let Some(frame) = header.parse_record(rest) {
+        frames.push(frame);
+        rest = &rest[header.record_len()..];
+    }
+    Ok(TimedStream {
+        width: header.width,
+        height: header.height,
+        frames,
+    })
+}
+
+/// Bytes of the file header (width, height, code area width and height: u32).
+const FILE_HEADER: usize = 16;
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// The picture size and code area a `stream_timed.py` file declares.
+#[derive(Debug, Clone, Copy)]
+struct FileHeader {
+    width: u32,
+    height: u32,
+    area_w: u32,
+    area_h: u32,
+}
+
+impl FileHeader {
+    fn parse(bytes: &[u8]) -> Result<FileHeader> {
+        ensure!(bytes.len() >= FILE_HEADER, "no file header");
+        let header = FileHeader {
+            width: u32_at(bytes, 0),
+            height: u32_at(bytes, 4),
+            area_w: u32_at(bytes, 8),
+            area_h: u32_at(bytes, 12),
+        };
+        let FileHeader {
+            width,
+            height,
+            area_w,
+            area_h,
+        } = header;
+        ensure!(
+            pattern::code_area(width, height) == Some((area_w, area_h)),
+            "a {area_w}x{area_h} code area is not the pattern's at {width}x{height}"
+        );
+        Ok(header)
+    }
+
+    fn record_len(&self) -> usize {
+        RECORD_HEADER + self.area_w as usize * self.area_h as usize
+    }
+
+    /// The frame at the start of `rest`, or `None` when `rest` holds no whole record.
+    fn parse_record(&self, rest: &[u8]) -> Option<TimedFrame> {
+        if rest.len() < self.record_len() {
+            return None;
         }
         let mut arrival = [0u8; 8];
         arrival.copy_from_slice(&rest[..8]);
-        let area = &rest[RECORD_HEADER..RECORD_HEADER + area_len];
-        frames.push(TimedFrame {
+        let area = &rest[RECORD_HEADER..self.record_len()];
+        Some(TimedFrame {
             arrival_us: u64::from_le_bytes(arrival) / 1000,
             stream: u32_at(rest, 8),
             client_frame: u32_at(rest, 12),
             frame_type: u32_at(rest, 16),
-            code: pattern::read_code(area, area_w as usize, width, height),
-        });
-        rest = &rest[RECORD_HEADER + area_len..];
+            code: pattern::read_code(area, self.area_w as usize, self.width, self.height),
+        })
     }
-    Ok(TimedStream {
-        width,
-        height,
-        frames,
-    })
+}
+
+/// Follows a `stream_timed.py` file while the client writes it: each call returns the frames
+/// whose records were completed since the last, so a test can wait for a recovery as it happens
+/// without re-reading the whole file.
+#[derive(Debug)]
+pub struct FrameTail {
+    path: PathBuf,
+    header: Option<FileHeader>,
+    /// File offset of the first record not yet returned.
+    offset: u64,
+}
+
+impl FrameTail {
+    pub fn new(path: &Path) -> FrameTail {
+        FrameTail {
+            path: path.to_path_buf(),
+            header: None,
+            offset: 0,
+        }
+    }
+
+    /// The frames completed since the last call (none while the header is not written yet).
+    pub fn read_new(&mut self) -> Result<Vec<TimedFrame>> {
+        let mut file = std::fs::File::open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        let header = match self.header {
+            Some(header) => header,
+            None => {
+                let mut bytes = [0u8; FILE_HEADER];
+                if file.read_exact(&mut bytes).is_err() {
+                    return Ok(Vec::new());
+                }
+                let header = FileHeader::parse(&bytes)
+                    .with_context(|| format!("parsing {}", self.path.display()))?;
+                self.header = Some(header);
+                self.offset = FILE_HEADER as u64;
+                header
+            }
+        };
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let mut frames = Vec::new();
+        let mut rest = bytes.as_slice();
+        while let Some(frame) = header.parse_record(rest) {
+            frames.push(frame);
+            rest = &rest[header.record_len()..];
+            self.offset += header.record_len() as u64;
+        }
+        Ok(frames)
+    }
+
+    /// Waits until a frame captured after `at_us` has been decoded; returns it, or `None` after
+    /// `timeout` (the caller's gap checks report a missing recovery).
+    pub fn wait_for_captured_after(
+        &mut self,
+        at_us: u64,
+        timeout: Duration,
+    ) -> Result<Option<TimedFrame>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self
+                .read_new()?
+                .into_iter()
+                .find(|f| f.captured_after(at_us))
+            {
+                return Ok(Some(frame));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The input commands of a running `stream_timed.py` ("hold", "release", "tap"), one a line on
+/// its stdin: the client calls the matching LiSend* functions at once.
+pub struct ClientInput(ChildStdin);
+
+impl ClientInput {
+    /// Takes the stdin of a `stream_timed.py` started with a piped stdin.
+    pub fn take(client: &mut Child) -> Result<ClientInput> {
+        client
+            .stdin
+            .take()
+            .map(ClientInput)
+            .context("the client was started without a piped stdin")
+    }
+
+    pub fn send(&mut self, command: &str) -> Result<()> {
+        writeln!(self.0, "{command}")
+            .and_then(|()| self.0.flush())
+            .with_context(|| format!("sending {command:?} to the client (has it ended?)"))
+    }
 }
 
 /// How the stream came back after one kill.
@@ -230,14 +370,18 @@ mod tests {
         assert!(Distribution::of(&[]).is_none());
     }
 
-    #[test]
-    fn a_file_round_trips_through_the_pattern_code() {
-        let (w, h) = (640u32, 360u32);
+    /// A file header for `w` x `h`.
+    fn file_header(w: u32, h: u32) -> Vec<u8> {
         let (aw, ah) = pattern::code_area(w, h).expect("area");
-        let code = FrameCode {
-            frame: 42,
-            captured_us: 123_456,
-        };
+        [w, h, aw, ah]
+            .iter()
+            .flat_map(|word| word.to_le_bytes())
+            .collect()
+    }
+
+    /// One record as stream_timed.py writes it: a rendered pattern frame's code area.
+    fn record(w: u32, h: u32, code: FrameCode, arrival_ns: u64, words: [u32; 3]) -> Vec<u8> {
+        let (aw, ah) = pattern::code_area(w, h).expect("area");
         let (y, uv) = (w as usize * h as usize, w as usize * h as usize / 2);
         let mut nv12 = vec![0u8; y + uv];
         let (luma, chroma) = nv12.split_at_mut(y);
@@ -252,18 +396,26 @@ mod tests {
             w as usize,
         )
         .expect("render");
-        let mut file = Vec::new();
-        for word in [w, h, aw, ah] {
-            file.extend_from_slice(&word.to_le_bytes());
-        }
-        file.extend_from_slice(&7_000_000u64.to_le_bytes());
-        for word in [1u32, 9, 1] {
-            file.extend_from_slice(&word.to_le_bytes());
+        let mut bytes = arrival_ns.to_le_bytes().to_vec();
+        for word in words {
+            bytes.extend_from_slice(&word.to_le_bytes());
         }
         for row in 0..ah as usize {
             let start = row * w as usize;
-            file.extend_from_slice(&luma[start..start + aw as usize]);
+            bytes.extend_from_slice(&luma[start..start + aw as usize]);
         }
+        bytes
+    }
+
+    #[test]
+    fn a_file_round_trips_through_the_pattern_code() {
+        let (w, h) = (640u32, 360u32);
+        let code = FrameCode {
+            frame: 42,
+            captured_us: 123_456,
+        };
+        let mut file = file_header(w, h);
+        file.extend(record(w, h, code, 7_000_000, [1, 9, 1]));
         // A torn record at the end is ignored.
         file.extend_from_slice(&[0u8; 30]);
         let stream = parse_timed_frames(&file).expect("parse");
@@ -279,5 +431,46 @@ mod tests {
         );
         file[8] ^= 1;
         assert!(parse_timed_frames(&file).is_err());
+    }
+
+    #[test]
+    fn the_tail_returns_each_record_once_it_is_whole() -> Result<()> {
+        use std::io::Write;
+        let (w, h) = (640u32, 360u32);
+        let dir = std::env::temp_dir().join(format!("lumen-frame-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("timed.frames");
+        let mut file = std::fs::File::create(&path)?;
+        let mut tail = FrameTail::new(&path);
+        // Nothing written yet, then half the header.
+        assert!(tail.read_new()?.is_empty());
+        let header = file_header(w, h);
+        file.write_all(&header[..8])?;
+        assert!(tail.read_new()?.is_empty());
+        file.write_all(&header[8..])?;
+        let code = |captured_us| FrameCode {
+            frame: 1,
+            captured_us,
+        };
+        let first = record(w, h, code(1_000), 2_000_000, [0, 1, 1]);
+        let second = record(w, h, code(5_000), 6_000_000, [0, 2, 0]);
+        // A torn record is not returned until its end is written.
+        file.write_all(&first[..first.len() / 2])?;
+        assert!(tail.read_new()?.is_empty());
+        file.write_all(&first[first.len() / 2..])?;
+        file.write_all(&second[..10])?;
+        let got = tail.read_new()?;
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].arrival_us, got[0].code), (2_000, Some(code(1_000))));
+        file.write_all(&second[10..])?;
+        // Only the frame captured after 3 ms counts, and it is returned once.
+        let found = tail.wait_for_captured_after(3_000, Duration::from_millis(100))?;
+        assert_eq!(found.map(|f| f.client_frame), Some(2));
+        assert!(tail.read_new()?.is_empty());
+        assert!(tail
+            .wait_for_captured_after(3_000, Duration::from_millis(30))?
+            .is_none());
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
     }
 }

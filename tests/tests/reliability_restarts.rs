@@ -9,18 +9,32 @@
 //! the client's session ends, the broker brings lumen-net back on the same sockets, and the same
 //! (still paired) client starts a new stream whose first frame must come within 1 s of its start.
 //!
+//! No key stays held: the broker connects lumen-input to a test EIS server
+//! (`lumen_tests::eis_server`, through `[input] eis_socket`), and before every kill the client
+//! holds F15 and the right mouse button down (LiSend* calls on the test's command, through
+//! stdin), confirmed held at the server. Across a capture or encode restart both stay held on the
+//! same, still open EIS connection until the client releases them (those workers do not touch
+//! input). Across an input restart the killed worker's connection closes with both still pressed
+//! (SIGKILL leaves it no chance to release: the compositor's removal of a gone client's devices
+//! lets go of them), exactly one new connection binds, starting with nothing pressed, and a key
+//! tap the client sends after the restart arrives through it. Nothing is held anywhere after each
+//! kill.
+//!
 //! The distribution of the gaps is printed and written to `target/restart-gaps.txt`, which
 //! docs/reliability.md quotes ("Restart gaps with the real client").
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use lumen_core::pattern;
-use lumen_tests::moonlight::{finish_client, python, start_script, PIN};
+use lumen_tests::eis_server::{Connection, EisServer, Seen};
+use lumen_tests::moonlight::{finish_client, python, script_args, start_script, PIN};
 use lumen_tests::restarts::{
-    monotonic_us, read_timed_frames, recovery_after, Distribution, Recovery, TimedStream,
+    monotonic_us, read_timed_frames, recovery_after, ClientInput, Distribution, FrameTail,
+    Recovery, TimedStream,
 };
 use lumen_tests::{bin_dir, signal, worker, Broker, ScratchDir};
 use serde_json::Value;
@@ -39,6 +53,18 @@ const INPUT_GAP_BOUND_US: u64 = 250_000;
 const RECONNECT_BOUND_US: u64 = 1_000_000;
 /// The worker kinds killed while the client streams, in turn.
 const KILLED: [&str; 3] = ["Capture", "Encode", "Input"];
+
+/// evdev codes of what stream_timed.py's input commands send: "hold" presses F15 and the right
+/// button, "release" lets go of both, "tap" presses and releases F16.
+const KEY_HELD: u32 = 185;
+const KEY_TAP: u32 = 186;
+const BTN_RIGHT: u32 = 0x111;
+/// Client call → EIS server, at most (tens of ms here).
+const INPUT_WAIT: Duration = Duration::from_secs(3);
+/// How long one tap after an input restart is given to arrive before it is sent again: the
+/// client may send it before lumen-net has its channel to the new lumen-input.
+const TAP_WAIT: Duration = Duration::from_millis(300);
+const MAX_TAPS: u32 = 10;
 
 /// Kill rounds (one kill of each kind per round): `LUMEN_RESTART_ROUNDS`, default 10.
 fn rounds() -> Result<u32> {
@@ -116,19 +142,220 @@ struct Kill {
     at_us: u64,
     /// When status first showed the new worker running.
     back_us: u64,
+    /// What became of the key and button the client held at the kill.
+    held: Held,
 }
 
-/// Kills `kind` and waits for its successor.
-fn kill(broker: &Broker, kind: &'static str) -> Result<Kill> {
+/// Kills `kind` and waits for its successor: the kill's and the successor's CLOCK_MONOTONIC µs.
+fn kill(broker: &Broker, kind: &str) -> Result<(u64, u64)> {
     let status = broker.status()?;
     let old = pid_of(&status, kind).with_context(|| format!("{kind} is not running: {status}"))?;
     let at_us = monotonic_us();
     signal(old, libc::SIGKILL)?;
     let (_, back_us) = wait_for_new_pid(broker, kind, old)?;
-    Ok(Kill {
-        kind,
-        at_us,
-        back_us,
+    Ok((at_us, back_us))
+}
+
+/// What the EIS server showed of the held key and button across one kill (times from the kill).
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// Capture or encode: both still held on the same open connection once the first frame
+    /// captured after the kill was decoded (`checked_us`; `recovered` false: no such frame
+    /// within 1.5 s, checked then), released only by the client's release.
+    Kept { checked_us: u64, recovered: bool },
+    /// Input: the old connection closed with both pressed (`closed_us`, when the EIS server saw
+    /// it), one new connection bound clean (`bound_us`, likewise), and a tap sent after it
+    /// arrived through it (`through_us`, seen by the test's polling, after `taps` sends).
+    Reconnected {
+        closed_us: u64,
+        bound_us: u64,
+        through_us: u64,
+        taps: u32,
+    },
+}
+
+fn bound(c: &Connection) -> bool {
+    c.seen.iter().any(|s| matches!(s, Seen::Bound { .. }))
+}
+
+fn holds_nothing(c: &Connection) -> bool {
+    c.held_keys().is_empty() && c.held_buttons().is_empty()
+}
+
+/// The last `n` things a connection saw, for error messages.
+fn last_seen(c: &Connection, n: usize) -> &[Seen] {
+    &c.seen[c.seen.len().saturating_sub(n)..]
+}
+
+/// Polls `check` every 5 ms for up to `timeout`.
+fn poll_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Has the client hold F15 and the right button; returns the index of the EIS connection that
+/// holds them, the only open one.
+fn hold(eis: &EisServer, input: &mut ClientInput) -> Result<usize> {
+    input.send("hold")?;
+    let all = eis.wait_for("F15 and the right button held", INPUT_WAIT, |c| {
+        c.last().is_some_and(|last| {
+            last.held_keys() == [KEY_HELD] && last.held_buttons() == [BTN_RIGHT]
+        })
+    })?;
+    let current = all.len() - 1;
+    ensure!(
+        all[..current].iter().all(|c| !c.open),
+        "more than one EIS connection is open"
+    );
+    Ok(current)
+}
+
+/// After a capture or encode kill: once the stream is back, connection `current` must still be
+/// the only one, open, holding exactly what the client held; then the client's release must
+/// reach it.
+fn check_held_through(
+    eis: &EisServer,
+    input: &mut ClientInput,
+    tail: &mut FrameTail,
+    current: usize,
+    kind: &str,
+    at_us: u64,
+) -> Result<Held> {
+    let recovered = tail
+        .wait_for_captured_after(at_us, Duration::from_millis(1500))?
+        .is_some();
+    let checked_us = monotonic_us() - at_us;
+    let all = eis.connections();
+    ensure!(
+        all.len() == current + 1 && all[current].open,
+        "{kind} restart: lumen-input's EIS connection changed ({} connections, #{current} open: \
+         {})",
+        all.len(),
+        all.get(current).is_some_and(|c| c.open)
+    );
+    let c = &all[current];
+    ensure!(
+        c.held_keys() == [KEY_HELD] && c.held_buttons() == [BTN_RIGHT],
+        "{kind} restart: the key and button the client holds are no longer held (keys {:?}, \
+         buttons {:?}); last events {:?}",
+        c.held_keys(),
+        c.held_buttons(),
+        last_seen(c, 6)
+    );
+    input.send("release")?;
+    eis.wait_for("the client's release", INPUT_WAIT, |c| {
+        holds_nothing(&c[current])
+    })?;
+    Ok(Held::Kept {
+        checked_us,
+        recovered,
+    })
+}
+
+/// After an input kill: connection `old` must close with what the client held still pressed
+/// (nothing released it: the compositor does, with the gone client's devices), exactly one new
+/// connection must bind with nothing pressed, and a tap sent now must arrive through it.
+fn check_input_reconnect(
+    eis: &EisServer,
+    input: &mut ClientInput,
+    old: usize,
+    at_us: u64,
+) -> Result<Held> {
+    eis.wait_for(
+        "the killed worker's EIS connection to close and a new one to bind",
+        Duration::from_secs(10),
+        |c| !c[old].open && c.get(old + 1).is_some_and(bound),
+    )?;
+    // The server's own times of the close and the bind.
+    let times = eis.times();
+    let since_kill = |t: Option<u64>| t.map_or(0, |t| t.saturating_sub(at_us));
+    let closed_us = since_kill(times[old].closed_us);
+    let bound_us = since_kill(times[old + 1].bound_us);
+    let all = eis.connections();
+    ensure!(
+        all.len() == old + 2,
+        "input restart: {} new EIS connections, not one",
+        all.len() - old - 1
+    );
+    let (gone, new) = (&all[old], &all[old + 1]);
+    ensure!(
+        gone.unreleased_keys() == [KEY_HELD] && gone.unreleased_buttons() == [BTN_RIGHT],
+        "input restart: the killed worker's connection should have gone holding F15 and the \
+         right button, unreleased (SIGKILL); it ended with {:?}",
+        last_seen(gone, 6)
+    );
+    ensure!(
+        new.input().is_empty(),
+        "input restart: the new EIS connection did not start clean: {:?}",
+        new.input()
+    );
+
+    // The client lets go (the new worker passes a spare release on, or lumen-net drops it when
+    // it has no channel yet), then taps until a tap comes through the new connection.
+    input.send("release")?;
+    let tapped = |c: &[Connection]| {
+        c[old + 1].seen.contains(&Seen::Key {
+            key: KEY_TAP,
+            down: false,
+        })
+    };
+    let mut taps = 0;
+    let through_us = loop {
+        input.send("tap")?;
+        taps += 1;
+        if poll_until(TAP_WAIT, || tapped(&eis.connections())) {
+            break monotonic_us() - at_us;
+        }
+        ensure!(
+            taps < MAX_TAPS,
+            "input restart: none of {taps} taps arrived through the new EIS connection"
+        );
+    };
+    let all = eis.connections();
+    ensure!(
+        all.len() == old + 2 && all.iter().all(holds_nothing),
+        "input restart: something is held after the tap: {:?}",
+        all.iter()
+            .map(|c| (c.held_keys(), c.held_buttons()))
+            .collect::<Vec<_>>()
+    );
+    // The new connection saw only what the client sent after the restart.
+    let unexpected: Vec<Seen> = all[old + 1]
+        .input()
+        .into_iter()
+        .filter(|s| {
+            !matches!(
+                s,
+                Seen::Key { key: KEY_TAP, .. }
+                    | Seen::Key {
+                        key: KEY_HELD,
+                        down: false
+                    }
+                    | Seen::Button {
+                        button: BTN_RIGHT,
+                        down: false
+                    }
+            )
+        })
+        .collect();
+    ensure!(
+        unexpected.is_empty(),
+        "input restart: the new EIS connection saw input the client did not send after the \
+         restart: {unexpected:?}"
+    );
+    Ok(Held::Reconnected {
+        closed_us,
+        bound_us,
+        through_us,
+        taps,
     })
 }
 
@@ -206,6 +433,7 @@ fn report(
             text += &format!("\n  {kind:<8} kill → status shows the new worker: {d}");
         }
         text += "\n";
+        text += &held_summary(kind, kills);
     }
     text += &format!(
         "  Net: kill → status shows the new lumen-net {:.1} ms; the client's stream ended {:.1} ms \
@@ -222,20 +450,85 @@ fn report(
         },
         net.current_game,
     );
-    text += "  each kill: kind, gap ms, first frame IDR?, kill → status shows the new worker ms\n";
+    text += "  each kill: kind, gap ms, first frame IDR?, kill → status shows the new worker ms, \
+             held input\n";
     for (k, r) in kills.iter().zip(recoveries) {
         match r {
             Some(r) => {
                 text += &format!(
-                    "    {:<8} {:>7.1} {:<5} {:>7.1}\n",
+                    "    {:<8} {:>7.1} {:<5} {:>7.1}  ",
                     k.kind,
                     ms(r.gap_us),
                     r.first.is_idr(),
                     ms(k.back_us - k.at_us)
                 )
             }
-            None => text += &format!("    {:<8} never recovered\n", k.kind),
+            None => text += &format!("    {:<8} never recovered  ", k.kind),
         }
+        text += &match k.held {
+            Held::Kept {
+                checked_us,
+                recovered,
+            } => format!(
+                "kept, checked {:.1} ms after{}\n",
+                ms(checked_us),
+                if recovered { "" } else { " (no recovery)" }
+            ),
+            Held::Reconnected {
+                closed_us,
+                bound_us,
+                through_us,
+                taps,
+            } => format!(
+                "closed {:.1} ms, new bound {:.1} ms, tap through {:.1} ms ({taps} sent)\n",
+                ms(closed_us),
+                ms(bound_us),
+                ms(through_us)
+            ),
+        };
+    }
+    text
+}
+
+/// The held-input lines of one worker kind in the report.
+fn held_summary(kind: &str, kills: &[Kill]) -> String {
+    let (mut checked, mut closed, mut bound, mut through) = (vec![], vec![], vec![], vec![]);
+    let mut resent = 0;
+    for k in kills.iter().filter(|k| k.kind == kind) {
+        match k.held {
+            Held::Kept { checked_us, .. } => checked.push(checked_us),
+            Held::Reconnected {
+                closed_us,
+                bound_us,
+                through_us,
+                taps,
+            } => {
+                closed.push(closed_us);
+                bound.push(bound_us);
+                through.push(through_us);
+                resent += usize::from(taps > 1);
+            }
+        }
+    }
+    let mut text = String::new();
+    if let Some(d) = Distribution::of(&checked) {
+        text += &format!(
+            "  {kind:<8} F15 + right button held at the kill: still held on the same EIS \
+             connection once the stream was back, in all {} (checked after the kill: {d})\n",
+            d.count
+        );
+    }
+    for (what, samples) in [
+        ("old EIS connection closed, both unreleased", &closed),
+        ("new connection bound, nothing pressed", &bound),
+        ("a tap through the new connection", &through),
+    ] {
+        if let Some(d) = Distribution::of(samples) {
+            text += &format!("  {kind:<8} kill → {what}: {d}\n");
+        }
+    }
+    if !closed.is_empty() {
+        text += &format!("  {kind:<8} taps sent again (the first was lost): {resent}\n");
     }
     text
 }
@@ -254,8 +547,14 @@ struct NetRestart {
 fn the_real_client_rides_out_worker_restarts_and_reconnects_after_a_net_restart() -> Result<()> {
     let rounds = rounds()?;
     let python = python()?;
-    let broker = Broker::start("reliability-restarts")?;
     let identities = ScratchDir::new("restart-identity")?;
+    let socket = identities.path().join("eis-0");
+    let eis = EisServer::listen(&socket)?;
+    let config = format!("[input]\neis_socket = \"{}\"\n", socket.display());
+    let broker = Broker::start_with_config("reliability-restarts", &config)?;
+    eis.wait_for("lumen-input to bind", INPUT_WAIT * 10, |c| {
+        c.first().is_some_and(bound)
+    })?;
     let dir = identities.path().join("paired").display().to_string();
     pair(&broker, &python, &dir)?;
 
@@ -281,19 +580,38 @@ fn the_real_client_rides_out_worker_restarts_and_reconnects_after_a_net_restart(
         ah.to_string(),
         "reconnect".into(),
     ];
-    let mut client = start_script(
-        &python,
-        "stream_timed.py",
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    )?;
+    // stream_timed.py with a piped stdin: its input commands.
+    let mut client = Command::new(&python)
+        .args(script_args(
+            "stream_timed.py",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the Moonlight client")?;
+    let mut input = ClientInput::take(&mut client)?;
     wait_for_frames(&out, u64::from(FPS), &mut client)?;
+    let mut tail = FrameTail::new(&out);
 
     let mut kills = Vec::new();
     for _ in 0..rounds {
         for kind in KILLED {
-            let k = kill(&broker, kind)?;
-            let next = k.at_us + KILL_SPACING.as_micros() as u64;
-            kills.push(k);
+            let current = hold(&eis, &mut input)?;
+            let (at_us, back_us) = kill(&broker, kind)?;
+            let held = if kind == "Input" {
+                check_input_reconnect(&eis, &mut input, current, at_us)?
+            } else {
+                check_held_through(&eis, &mut input, &mut tail, current, kind, at_us)?
+            };
+            let next = at_us + KILL_SPACING.as_micros() as u64;
+            kills.push(Kill {
+                kind,
+                at_us,
+                back_us,
+                held,
+            });
             if let Some(wait) = next.checked_sub(monotonic_us()) {
                 std::thread::sleep(Duration::from_micros(wait));
             }
@@ -303,6 +621,20 @@ fn the_real_client_rides_out_worker_restarts_and_reconnects_after_a_net_restart(
             );
         }
     }
+
+    // EOF on the client's stdin ends its input commands (not its stream).
+    drop(input);
+    let connections = eis.connections();
+    let input_kills = kills.iter().filter(|k| k.kind == "Input").count();
+    ensure!(
+        connections.len() == input_kills + 1 && connections.iter().all(holds_nothing),
+        "after the kills: {} EIS connections for {input_kills} input kills; held: {:?}",
+        connections.len(),
+        connections
+            .iter()
+            .map(|c| (c.held_keys(), c.held_buttons()))
+            .collect::<Vec<_>>()
+    );
 
     // lumen-net: the LAN sockets it holds are the broker's own (dups of what the broker bound);
     // its successor must hold the same ones.
@@ -336,6 +668,22 @@ fn the_real_client_rides_out_worker_restarts_and_reconnects_after_a_net_restart(
     )?;
     eprintln!("client says {result}");
     ensure!(result.get("error").is_none(), "the client failed: {result}");
+    // Every LiSend* call of the input commands returned 0: hold, release and tap are two calls.
+    let taps: u32 = kills
+        .iter()
+        .map(|k| match k.held {
+            Held::Reconnected { taps, .. } => taps,
+            Held::Kept { .. } => 0,
+        })
+        .sum();
+    ensure!(
+        result.get("input_error").is_none()
+            && result["input_failures"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+            && result["input_calls"].as_u64() == Some(4 * kills.len() as u64 + 2 * u64::from(taps)),
+        "the client's input calls failed or went missing: {result}"
+    );
     let stream = read_timed_frames(&out)?;
     let ended = &result["ended"][0];
     let ended_ns = ended["at_ns"]
