@@ -299,3 +299,132 @@ fn a_compromised_worker_is_refused_killed_and_replaced() -> Result<()> {
     );
     Ok(())
 }
+
+/// The count in the broker's `<N> error messages suppressed` lines about `pid`.
+fn suppressed_errors(log: &str, pid: u32) -> u64 {
+    let token = format!("pid={pid}");
+    log.lines()
+        .filter(|line| line.split_whitespace().any(|word| word == token))
+        .filter_map(|line| line.split_once(" error messages suppressed"))
+        .filter_map(|(before, _)| before.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_worker_that_floods_costly_messages_is_rate_limited_and_killed() -> Result<()> {
+    let hostile = hostile_worker()?;
+    let bins = BinCopy::new("errorflood-bin", &[("lumen-encode", &hostile)])?;
+    std::fs::write(bins.path().join("hostile-encode.plan"), "error-flood\n")?;
+    let encode_log = bins.world_writable_file("hostile-encode.log", "")?;
+    let state = ScratchDir::new("errorflood-state")?;
+    let mut serve = Serve::spawn(bins.path(), state.path(), &state.path().join("broker.log"))?;
+    serve.wait_until(
+        Duration::from_secs(60),
+        "net, capture, input running",
+        |s| {
+            ["Net", "Capture", "Input"]
+                .iter()
+                .all(|k| state_of(s, k) == "running")
+        },
+    )?;
+
+    // The flooding worker is killed and a fresh one (the plan is used up: it behaves) runs.
+    let mut worst = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let settled = loop {
+        let (status, took) = timed_status(&serve)?;
+        worst = worst.max(took);
+        let starts = hostile_starts(&encode_log)?;
+        if starts.len() >= 2
+            && state_of(&status, "Encode") == "running"
+            && pid_of(&status, "Encode") == Some(u64::from(starts[1].0))
+        {
+            break status;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the error flood was not cut off in time; status {status}; log:\n{}",
+                tail(&serve.log(), 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    println!("status --json took at most {worst:?} while encode flooded");
+    assert!(
+        worst < Duration::from_secs(2),
+        "status took {worst:?} during the flood"
+    );
+
+    let starts = hostile_starts(&encode_log)?;
+    let (flood_pid, mode, flood_ms) = starts.first().context("no start")?.clone();
+    assert_eq!(mode, "error-flood");
+    let log = serve.log();
+    let line = ended_line(&log, flood_pid).with_context(|| {
+        format!(
+            "no `worker ended` line for the flood; log:\n{}",
+            tail(&log, 60)
+        )
+    })?;
+    assert!(
+        line.contains("flooded the broker") && line.contains("SIGKILL"),
+        "the flood should be killed for flooding: {line}"
+    );
+    assert!(
+        !process_alive(flood_pid),
+        "the flooding pid {flood_pid} is alive"
+    );
+    // From its start to its successor's start: its life (it ran ≥ 3 s, so the restart is at once).
+    let lived_ms = starts[1].2.saturating_sub(flood_ms);
+    let lived_s = lived_ms.div_ceil(1000);
+    assert!(
+        lived_ms < 15_000,
+        "the flood ran {lived_ms} ms before the broker cut it off"
+    );
+
+    // Its errors: at most 20 a second logged, the rest counted in the summaries; together they
+    // are every Error the broker read, more than the kill bound (1000 a second for 3 s).
+    let token = format!("pid={flood_pid}");
+    let logged = log
+        .lines()
+        .filter(|l| {
+            l.contains("worker reports an error") && l.split_whitespace().any(|w| w == token)
+        })
+        .count() as u64;
+    let suppressed = suppressed_errors(&log, flood_pid);
+    println!(
+        "error-flood: lived {lived_ms} ms, {logged} errors logged, {suppressed} suppressed; {}",
+        line.split("worker ended: ").nth(1).unwrap_or(line)
+    );
+    assert!(
+        logged <= 20 * (lived_s + 1),
+        "{logged} errors logged in {lived_ms} ms: the rate limit did not hold"
+    );
+    assert!(
+        logged + suppressed > 3000,
+        "only {logged} + {suppressed} errors read: no flood was cut off"
+    );
+    // Its stderr lines went through the same limit, with a summary line.
+    let stderr_lines = log
+        .lines()
+        .filter(|l| l.contains("hostile error-flood stderr line"))
+        .count() as u64;
+    assert!(
+        stderr_lines <= 20 * (lived_s + 1),
+        "{stderr_lines} stderr lines logged in {lived_ms} ms"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("lines suppressed") && l.contains("encode")),
+        "no summary of suppressed stderr lines:\n{}",
+        tail(&log, 40)
+    );
+    assert!(!log.contains("panicked"), "a panic in the log:\n{log}");
+    assert!(!serve.has_exited(), "the broker exited");
+    assert!(
+        ["Net", "Capture", "Input"]
+            .iter()
+            .all(|k| state_of(&settled, k) == "running"),
+        "{settled}"
+    );
+    Ok(())
+}

@@ -13,6 +13,7 @@
 //! ([`crate::procstatus`]).
 
 pub(crate) mod backoff;
+mod flood;
 pub(crate) mod output;
 pub(crate) mod reaper;
 mod slot;

@@ -3,11 +3,16 @@
 //! A worker holds no file, not even a log: what it prints goes through pipes to the broker, which
 //! logs each line with `worker = "<name>"`. The worker is untrusted, so a line is cut at
 //! [`MAX_LINE`] bytes (the rest up to the next newline is dropped) and control characters are
-//! replaced before the line reaches a terminal or the journal.
+//! replaced before the line reaches a terminal or the journal. At most
+//! [`LOG_LINES_PER_SECOND`](super::flood::LOG_LINES_PER_SECOND) lines a second of each stream are
+//! logged; the rest are counted and summarised in one line when the next second's first line
+//! comes or the stream ends.
 
 use std::os::fd::OwnedFd;
 
 use tokio::io::AsyncReadExt;
+
+use super::flood::{LogBudget, LOG_LINES_PER_SECOND};
 
 /// The longest line logged; longer ones are cut here.
 pub(crate) const MAX_LINE: usize = 4096;
@@ -99,7 +104,22 @@ pub(crate) async fn log_lines(pipe: OwnedFd, worker: &'static str, stream: Strea
             return;
         }
     };
-    let emit = |line: &[u8], truncated: bool| {
+    let mut budget = LogBudget::default();
+    let summary = |suppressed: u64| {
+        tracing::warn!(
+            worker,
+            stream = stream.name(),
+            "{suppressed} lines suppressed (at most {LOG_LINES_PER_SECOND} logged a second)"
+        );
+    };
+    let mut emit = |line: &[u8], truncated: bool| {
+        let verdict = budget.line(std::time::Instant::now());
+        if let Some(suppressed) = verdict.suppressed_before {
+            summary(suppressed);
+        }
+        if !verdict.log {
+            return;
+        }
         let text = sanitize(line);
         if truncated {
             tracing::info!(worker, stream = stream.name(), truncated, "{text}");
@@ -112,7 +132,7 @@ pub(crate) async fn log_lines(pipe: OwnedFd, worker: &'static str, stream: Strea
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => splitter.push(buf.get(..n).unwrap_or_default(), emit),
+            Ok(n) => splitter.push(buf.get(..n).unwrap_or_default(), &mut emit),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(worker, "reading the worker's {}: {e}", stream.name());
@@ -120,7 +140,10 @@ pub(crate) async fn log_lines(pipe: OwnedFd, worker: &'static str, stream: Strea
             }
         }
     }
-    splitter.finish(emit);
+    splitter.finish(&mut emit);
+    if let Some(suppressed) = budget.take_summary(std::time::Instant::now(), true) {
+        summary(suppressed);
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backoff::{Backoff, RestartPolicy};
+use super::flood::WorkerCosts;
+#[cfg(test)]
+use super::flood::{FloodGuard, LogBudget};
 use super::output::{self, Stream};
 use super::reaper::{self, ExitStatus, ExitWatch};
 use crate::sockets::LanSockets;
@@ -162,6 +165,8 @@ struct Instance {
     ready_at: Option<Instant>,
     /// Why the broker killed it, if it did.
     killed: Option<String>,
+    /// Its logged errors and costly messages (a flood gets it killed).
+    costs: WorkerCosts,
 }
 
 impl Instance {
@@ -362,6 +367,7 @@ impl Slot {
                 }
                 _ = ping_timer.tick(), if instance.ready_at.is_some() && instance.killed.is_none() => {
                     self.check_liveness(&mut instance, &mut liveness);
+                    self.log_suppressed(&mut instance, false);
                 }
                 Some(outgoing) = outbox.recv() => {
                     // Only a ready worker gets session messages; the session code sends the
@@ -379,7 +385,7 @@ impl Slot {
                 }
                 guard = channel_readable(&mut instance.channel) => {
                     let verdict = match guard {
-                        Ok(guard) => self.read_messages(guard, &mut instance.ready_at, instance.pid, waiting, &mut liveness),
+                        Ok(guard) => self.read_messages(guard, &mut instance.ready_at, instance.pid, waiting, &mut liveness, &mut instance.costs),
                         Err(e) => ChannelVerdict::Kill(format!("control channel failed: {e}")),
                     };
                     match verdict {
@@ -394,6 +400,7 @@ impl Slot {
             }
         };
 
+        self.log_suppressed(&mut instance, true);
         let status = match status {
             Some(status) => status.to_string(),
             None => "exit status lost".to_owned(),
@@ -464,6 +471,7 @@ impl Slot {
                 channel: Some(channel),
                 ready_at: None,
                 killed: None,
+                costs: WorkerCosts::default(),
             }),
             (channel, pidfd_watch) => {
                 let _ = rustix::process::pidfd_send_signal(&*pidfd, rustix::process::Signal::KILL);
@@ -520,6 +528,7 @@ impl Slot {
         pid: u32,
         waiting: &mut Vec<RecycleReply>,
         liveness: &mut Liveness,
+        costs: &mut WorkerCosts,
     ) -> ChannelVerdict {
         // A bounded batch: a worker that sends without pause must not hold this task (and the
         // runtime thread) forever; the rest is read on the next turn of the event loop.
@@ -552,6 +561,14 @@ impl Slot {
                     received.msg
                 );
                 return ChannelVerdict::Kill("sent fds the broker did not ask for".into());
+            }
+            // Every message but a Pong costs the broker something (a log line, work for the
+            // session code or the dispatcher); stray Pongs are only read and dropped.
+            if !matches!(received.msg, WorkerMsg::Pong { .. }) {
+                if let Some(reason) = costs.flood.message(Instant::now()) {
+                    tracing::warn!(worker = self.name, pid, "{reason}; killing it");
+                    return ChannelVerdict::Kill(reason);
+                }
             }
             match received.msg {
                 WorkerMsg::Ready { kind, sandbox } => {
@@ -598,13 +615,19 @@ impl Slot {
                     tracing::trace!(worker = self.name, pid, seq, "pong");
                 }
                 WorkerMsg::Error { message } => {
-                    let shown: String = message.chars().take(MAX_LOGGED_ERROR).collect();
-                    tracing::warn!(
-                        worker = self.name,
-                        pid,
-                        "worker reports an error: {}",
-                        output::sanitize(shown.as_bytes())
-                    );
+                    let verdict = costs.error_log.line(Instant::now());
+                    if let Some(suppressed) = verdict.suppressed_before {
+                        log_suppressed_errors(self.name, pid, suppressed);
+                    }
+                    if verdict.log {
+                        let shown: String = message.chars().take(MAX_LOGGED_ERROR).collect();
+                        tracing::warn!(
+                            worker = self.name,
+                            pid,
+                            "worker reports an error: {}",
+                            output::sanitize(shown.as_bytes())
+                        );
+                    }
                 }
                 WorkerMsg::NetRequest { id, request } => {
                     if self.kind != WorkerKind::Net || ready_at.is_none() {
@@ -664,6 +687,14 @@ impl Slot {
         ChannelVerdict::Fine
     }
 
+    /// Logs how many of the instance's error reports were not logged, once their second is over
+    /// (or, with `gone`, whatever is left when it ended).
+    fn log_suppressed(&self, instance: &mut Instance, gone: bool) {
+        if let Some(suppressed) = instance.costs.error_log.take_summary(Instant::now(), gone) {
+            log_suppressed_errors(self.name, instance.pid, suppressed);
+        }
+    }
+
     /// Asks the worker to stop, then kills it at half the time left; returns once it is reaped
     /// or `deadline` has passed.
     async fn stop_instance(&self, instance: &mut Instance, deadline: Instant) {
@@ -702,6 +733,15 @@ impl Slot {
             s.mark_stopped();
         });
     }
+}
+
+fn log_suppressed_errors(worker: &'static str, pid: u32, suppressed: u64) {
+    tracing::warn!(
+        worker,
+        pid,
+        "{suppressed} error messages suppressed (at most {} logged a second)",
+        super::flood::LOG_LINES_PER_SECOND
+    );
 }
 
 /// Registers the control channel with tokio's reactor (read readiness).
@@ -816,6 +856,7 @@ mod tests {
                 1,
                 &mut Vec::new(),
                 &mut Liveness::default(),
+                &mut WorkerCosts::default(),
             )
         };
         (verdict, broker, worker)
@@ -913,6 +954,43 @@ mod tests {
         })
         .await;
         assert_eq!(kill_reason(verdict), "closed");
+    }
+
+    #[tokio::test]
+    async fn a_worker_over_the_flood_bound_is_killed_and_stray_pongs_do_not_count() {
+        let slot = slot(WorkerKind::Capture);
+        let (broker, worker) = Channel::pair().expect("pair");
+        broker.set_nonblocking(true).expect("nonblocking");
+        for seq in 0..40 {
+            worker.send(&WorkerMsg::Pong { seq }, &[]).expect("send");
+        }
+        for _ in 0..11 {
+            let error = WorkerMsg::Error {
+                message: "e".repeat(1024),
+            };
+            worker.send(&error, &[]).expect("send");
+        }
+        let mut broker = watch_channel(broker).expect("register");
+        // A bound of 10 costly messages in one window: 40 Pongs pass, the 11th Error does not.
+        let mut costs = WorkerCosts {
+            error_log: LogBudget::new(3),
+            flood: FloodGuard::new(10, 1),
+        };
+        let verdict = {
+            let guard = broker.readable_mut().await.expect("readable");
+            slot.read_messages(
+                guard,
+                &mut Some(Instant::now()),
+                1,
+                &mut Vec::new(),
+                &mut Liveness::default(),
+                &mut costs,
+            )
+        };
+        let reason = kill_reason(verdict);
+        assert!(reason.starts_with("flooded the broker"), "{reason}");
+        // 3 of the 10 errors read before the kill were logged, 7 are left for the summary.
+        assert_eq!(costs.error_log.take_summary(Instant::now(), true), Some(7));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@
 //!
 //! Modes: `exit` (dies at once, every start), `wrong-version`, `garbage`, `oversized`,
 //! `empty-record`, `fds`, `wrong-kind`, `net-request`, `stats-before-ready`, `second-ready`,
-//! `flood`, `behave`.
+//! `flood`, `error-flood`, `behave`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -116,6 +116,27 @@ fn main() -> Result<()> {
                 match channel.send(&WorkerMsg::Pong { seq: u64::MAX }, &[]) {
                     Ok(()) => {}
                     Err(ChannelError::Closed) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        "error-flood" => {
+            ready(&channel, kind)?;
+            // Costly messages without end: each `Error` carries 1 KiB of text the broker would
+            // log, and each goes with a line on stderr, which the broker logs too. The broker
+            // must rate-limit both and kill this worker; it sends until the channel closes.
+            let text = "e".repeat(1024);
+            for n in 0u64.. {
+                // Not eprintln!, which panics when stderr is gone.
+                let _ = writeln!(std::io::stderr(), "hostile error-flood stderr line {n}");
+                match channel.send(
+                    &WorkerMsg::Error {
+                        message: text.clone(),
+                    },
+                    &[],
+                ) {
+                    Ok(()) => {}
+                    Err(ChannelError::Closed) => break,
                     Err(e) => return Err(e.into()),
                 }
             }
