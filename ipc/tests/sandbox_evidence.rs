@@ -108,6 +108,20 @@ fn expect_ready(worker: &mut Worker, kind: WorkerKind) -> lumen_ipc::msg::Sandbo
             WorkerMsg::Ready { kind: k, sandbox } => {
                 assert_eq!(k, kind);
                 assert!(received.fds.is_empty());
+                if kind == WorkerKind::Encode {
+                    // lumen-encode follows Ready with what it can encode (found before lock-down).
+                    let next = worker
+                        .channel
+                        .recv_timeout::<WorkerMsg>(WAIT)
+                        .expect("encoder capabilities");
+                    match next.msg {
+                        WorkerMsg::EncoderCapabilities(caps) => assert!(
+                            caps.codecs.contains(&lumen_ipc::media::VideoCodec::H264),
+                            "{caps:?}"
+                        ),
+                        other => panic!("encode: after Ready came {other:?}"),
+                    }
+                }
                 sandbox
             }
             other => panic!("{kind:?}: first message was {other:?}, not Ready"),
@@ -139,15 +153,25 @@ fn wait_exit(worker: &mut Worker) -> std::process::ExitStatus {
     }
 }
 
+/// The worker's next message that is not a periodic report: lumen-input sends its counters about
+/// once a second, and one may come before the answer a test waits for.
+fn recv_answer(
+    worker: &mut Worker,
+) -> Result<lumen_ipc::channel::Received<WorkerMsg>, lumen_ipc::channel::ChannelError> {
+    loop {
+        let received = worker.channel.recv_timeout::<WorkerMsg>(WAIT)?;
+        if !matches!(received.msg, WorkerMsg::InputStats(_)) {
+            return Ok(received);
+        }
+    }
+}
+
 fn ping(worker: &mut Worker, seq: u64) {
     worker
         .channel
         .send(&BrokerMsg::Ping { seq }, &[])
         .expect("send Ping");
-    let received = worker
-        .channel
-        .recv_timeout::<WorkerMsg>(WAIT)
-        .expect("answer to Ping");
+    let received = recv_answer(worker).expect("answer to Ping");
     assert_eq!(received.msg, WorkerMsg::Pong { seq });
 }
 
@@ -303,10 +327,7 @@ fn non_net_workers_refuse_lan_sockets_and_exit_for_a_restart() {
             .channel
             .send(&BrokerMsg::NetSockets { roles: vec![] }, &[])
             .expect("send");
-        let answer = worker
-            .channel
-            .recv_timeout::<WorkerMsg>(WAIT)
-            .expect("answer");
+        let answer = recv_answer(&mut worker).expect("answer");
         assert!(
             matches!(answer.msg, WorkerMsg::Error { .. }),
             "{kind:?} answered {:?}",
