@@ -221,6 +221,23 @@ fn sessions_run_under_the_sandbox() {
             WorkerMsg::Ready { .. } => {}
             other => panic!("{other:?}"),
         }
+        // Right after Ready: what this worker can encode, found before lock-down. Every session
+        // below needs its codec and layout in it.
+        match recv(&mut broker, 0) {
+            WorkerMsg::EncoderCapabilities(caps) => {
+                for codec in [VideoCodec::H264, VideoCodec::Hevc, VideoCodec::Av1] {
+                    assert!(caps.codecs.contains(&codec), "{caps:?}");
+                }
+                for layout in [
+                    AudioLayout::Stereo,
+                    AudioLayout::Surround51,
+                    AudioLayout::Surround71,
+                ] {
+                    assert!(caps.audio_layouts.contains(&layout), "{caps:?}");
+                }
+            }
+            other => panic!("after Ready: {other:?}"),
+        }
         session(&mut broker, 1, VideoCodec::H264, AudioLayout::Stereo);
         session(&mut broker, 2, VideoCodec::Hevc, AudioLayout::Surround51);
         session(&mut broker, 3, VideoCodec::H264, AudioLayout::Surround71);

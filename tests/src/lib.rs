@@ -85,13 +85,15 @@ impl Drop for ScratchDir {
 }
 
 /// A port base no other test of this run uses: tests in one binary run in parallel threads, and test
-/// binaries run one after another, so the pid and a per-process counter keep them apart.
+/// binaries run one after another, so the pid and a per-process counter keep them apart. Every port
+/// (base − 5 ..= base + 21) stays below 32768, where the kernel's ephemeral ports begin: a client
+/// connection of an earlier test can hold any port above it for a while.
 pub fn unique_port_base() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 8;
-    // Ports used: base−5 ..= base+21, so slots are 40 apart; stay within 20000..60000.
-    let per_process = (std::process::id() % 100) as u16;
+    // Slots are 40 apart: 36 × 8 slots end at 20 005 + 287 × 40 + 21 = 31 506.
+    let per_process = (std::process::id() % 36) as u16;
     20_000 + (per_process * 8 + slot) * 40 + 5
 }
 
@@ -116,30 +118,71 @@ impl Broker {
 
     /// [`Broker::start_with_config`] with extra environment variables.
     pub fn start_with(tag: &str, config: &str, env: &[(&str, &str)]) -> Result<Broker> {
-        let state_dir = ScratchDir::new(tag)?;
-        std::fs::write(state_dir.path().join("config.toml"), config)
-            .context("writing config.toml")?;
-        let port_base = unique_port_base();
-        let child = Command::new(bin("lumen-broker")?)
-            .envs(env.iter().copied())
-            .arg("--state-dir")
-            .arg(state_dir.path())
-            .args(["serve", "--bind", "127.0.0.1", "--port-base"])
-            .arg(port_base.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting lumen-broker serve")?;
-        let broker = Broker {
-            child: Some(child),
-            state_dir,
-            port_base,
-        };
-        broker.wait_until(Duration::from_secs(30), "all workers running", |status| {
-            all_workers_running(status)
-        })?;
-        Ok(broker)
+        // A port of the chosen base may be held by something outside this run (another
+        // program, a lingering connection): a broker that exits at start is tried again on the
+        // next base, with a fresh state dir.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let state_dir = ScratchDir::new(tag)?;
+            std::fs::write(state_dir.path().join("config.toml"), config)
+                .context("writing config.toml")?;
+            let port_base = unique_port_base();
+            let child = Command::new(bin("lumen-broker")?)
+                .envs(env.iter().copied())
+                .arg("--state-dir")
+                .arg(state_dir.path())
+                .args(["serve", "--bind", "127.0.0.1", "--port-base"])
+                .arg(port_base.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting lumen-broker serve")?;
+            let mut broker = Broker {
+                child: Some(child),
+                state_dir,
+                port_base,
+            };
+            let started = broker.wait_until_or_exit(Duration::from_secs(30), |status| {
+                all_workers_running(status)
+            })?;
+            match started {
+                Some(_) => return Ok(broker),
+                None if attempts < 4 => eprintln!(
+                    "lumen-tests: the broker on port base {port_base} exited at start; trying \
+                     another port base"
+                ),
+                None => bail!("lumen-broker serve exited at start {attempts} times"),
+            }
+        }
+    }
+
+    /// Like [`Broker::wait_until`] for "all workers running", but `None` as soon as the broker
+    /// process has exited (e.g. it could not bind its ports).
+    fn wait_until_or_exit(
+        &mut self,
+        timeout: Duration,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Result<Option<Value>> {
+        let start = Instant::now();
+        let mut last = Err(anyhow::anyhow!("no status read yet"));
+        while start.elapsed() < timeout {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait()?.is_some() {
+                    self.child = None;
+                    return Ok(None);
+                }
+            }
+            last = self.status();
+            if let Ok(status) = &last {
+                if ready(status) {
+                    return Ok(Some(status.clone()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("timed out after {timeout:?} waiting for all workers running; last status: {last:?}")
     }
 
     pub fn pid(&self) -> u32 {
@@ -290,4 +333,29 @@ pub fn net_namespace(pid: &str) -> Result<String> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net"))
         .with_context(|| format!("reading /proc/{pid}/ns/net"))?;
     Ok(link.display().to_string())
+}
+
+/// Makes `command` start its child with `channel` on fd 3 ([`lumen_ipc::msg::CHANNEL_FD`]), where
+/// a worker looks for its control channel, as the broker's spawn does. `dup2` clears
+/// close-on-exec on the copy, but when `channel` already is fd 3 (it is whenever fd 3 was free
+/// when the test made the pair, as under `tests/run.sh`) `dup2` does nothing: close-on-exec must
+/// then be cleared by hand, or the worker starts without its channel.
+pub fn pass_channel_as_fd3(command: &mut Command, channel: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    let target = lumen_ipc::msg::CHANNEL_FD;
+    // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
+    // calls (fcntl, dup2) on fd numbers.
+    unsafe {
+        command.pre_exec(move || {
+            let failed = if channel == target {
+                libc::fcntl(channel, libc::F_SETFD, 0) < 0
+            } else {
+                libc::dup2(channel, target) < 0
+            };
+            if failed {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

@@ -75,7 +75,8 @@ fn moonlight_pairs_with_a_pin_lists_apps_and_unpaired_clients_get_401() -> Resul
         "the client did not pair: {client}"
     );
     ensure!(
-        client["app_version"] == "7.1.431.-1" && client["codecs"] == 257,
+        // H.264 | HEVC | AV1 Main8 (0x1 | 0x100 | 0x10000): what lumen-encode reports here.
+        client["app_version"] == "7.1.431.-1" && client["codecs"] == 0x1_0101,
         "serverinfo as the client saw it: {client}"
     );
     ensure!(

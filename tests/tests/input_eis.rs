@@ -9,7 +9,6 @@
 //! runs the real broker with `[input] eis_socket`.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use lumen_ipc::channel::Channel;
 use lumen_ipc::input::{
     InputEvent, InputStats, MouseButton, NetToInput, PadKind, ScrollAxis, TouchKind,
 };
-use lumen_ipc::msg::{BrokerMsg, WorkerMsg, CHANNEL_FD, WORKER_FLAG};
+use lumen_ipc::msg::{BrokerMsg, WorkerMsg, WORKER_FLAG};
 use lumen_tests::eis_server::{Connection, EisServer, Seen, REGION};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -40,16 +39,7 @@ impl Worker {
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::dup2(fd, CHANNEL_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // dup2 clears close-on-exec on the copy; the original stays CLOEXEC.
-                Ok(())
-            });
-        }
+        lumen_tests::pass_channel_as_fd3(&mut command, fd);
         let child = command.spawn().context("starting lumen-input")?;
         drop(worker_end);
         let ready = broker

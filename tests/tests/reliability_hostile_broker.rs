@@ -12,7 +12,6 @@
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use lumen_ipc::media::{
     SessionParams, VideoCodec, AUDIO_RING_BYTES, PCM_RING_BYTES, VIDEO_RING_BYTES,
 };
 use lumen_ipc::msg::{
-    BrokerMsg, SocketRole, WorkerMsg, CHANNEL_FD, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, WORKER_FLAG,
+    BrokerMsg, SocketRole, WorkerMsg, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, WORKER_FLAG,
 };
 use lumen_ipc::ring::{create_ring, Consumer, RingFds, HEADER_LEN};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -66,16 +65,7 @@ impl Worker {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                // dup2 clears close-on-exec on the copy; the original stays CLOEXEC.
-                if libc::dup2(fd, CHANNEL_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        lumen_tests::pass_channel_as_fd3(&mut command, fd);
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {name}"))?;
