@@ -359,3 +359,19 @@ pub fn pass_channel_as_fd3(command: &mut Command, channel: std::os::fd::RawFd) {
         });
     }
 }
+
+/// Copies a child's output to this test's stderr, line by line, from a thread of its own (the
+/// test harness shows it with a failing test). Use it instead of inheriting stderr for a sandboxed
+/// worker: workers may not grow files (RLIMIT_FSIZE 0), so writing to an inherited stderr that is
+/// a regular file, as in CI's log, kills them with SIGXFSZ.
+pub fn forward_lines(output: impl std::io::Read + Send + 'static, name: &'static str) {
+    use std::io::BufRead;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output).lines() {
+            match line {
+                Ok(line) => eprintln!("[{name}] {line}"),
+                Err(_) => break,
+            }
+        }
+    });
+}

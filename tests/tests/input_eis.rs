@@ -37,10 +37,15 @@ impl Worker {
             .arg(WORKER_FLAG)
             .env_clear()
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
+            // Piped, not inherited: a worker may not grow files (RLIMIT_FSIZE 0), so when the
+            // test's stderr is a file (CI's log), the worker's first line would kill it (SIGXFSZ).
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         lumen_tests::pass_channel_as_fd3(&mut command, fd);
-        let child = command.spawn().context("starting lumen-input")?;
+        let mut child = command.spawn().context("starting lumen-input")?;
+        if let Some(stderr) = child.stderr.take() {
+            lumen_tests::forward_lines(stderr, "lumen-input");
+        }
         drop(worker_end);
         let ready = broker
             .recv_timeout::<WorkerMsg>(WAIT)
