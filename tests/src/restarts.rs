@@ -90,6 +90,32 @@ pub fn parse_timed_frames(bytes: &[u8]) -> Result<TimedStream> {
 /// Bytes of the file header (width, height, code area width and height: u32).
 const FILE_HEADER: usize = 16;
 
+/// Waits until `stream_timed.py` (a `width`×`height` stream) has written `frames` whole records to
+/// `out`; fails if the client ends first or nothing comes within 60 s.
+pub fn wait_for_frames(
+    out: &Path,
+    frames: u64,
+    (width, height): (u32, u32),
+    client: &mut Child,
+) -> Result<()> {
+    let (aw, ah) = pattern::code_area(width, height).context("code area")?;
+    let record = RECORD_HEADER as u64 + u64::from(aw) * u64::from(ah);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let len = std::fs::metadata(out).map_or(0, |m| m.len());
+        if len >= FILE_HEADER as u64 + frames * record {
+            return Ok(());
+        }
+        if let Some(status) = client.try_wait()? {
+            anyhow::bail!("the client ended ({status}) before streaming");
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the client wrote {len} bytes in 60 s, not {frames} frames");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }

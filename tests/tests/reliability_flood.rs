@@ -89,26 +89,6 @@ fn worker_pids(status: &Value) -> Result<BTreeMap<&'static str, (u64, u64)>> {
         .collect()
 }
 
-/// Waits until the client has written `frames` frames to `out`.
-fn wait_for_frames(out: &Path, frames: u64, client: &mut std::process::Child) -> Result<()> {
-    let (aw, ah) = pattern::code_area(WIDTH, HEIGHT).context("code area")?;
-    let record = 20 + u64::from(aw) * u64::from(ah);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let len = std::fs::metadata(out).map_or(0, |m| m.len());
-        if len >= 16 + frames * record {
-            return Ok(());
-        }
-        if let Some(status) = client.try_wait()? {
-            bail!("the client ended ({status}) before streaming");
-        }
-        if Instant::now() > deadline {
-            bail!("the client wrote {len} bytes in 60 s, not {frames} frames");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Whether plain HTTP answers `/serverinfo` within `within` (after the slowloris connections
 /// are gone, the connection slots must come back).
 fn http_answers(addr: SocketAddr, within: Duration) -> Result<Duration> {
@@ -228,7 +208,7 @@ fn the_stream_survives_a_hostile_network_and_every_drop_is_counted() -> Result<(
         "flood_client.py",
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
-    wait_for_frames(&out, u64::from(FPS), &mut client)?;
+    lumen_tests::restarts::wait_for_frames(&out, u64::from(FPS), (WIDTH, HEIGHT), &mut client)?;
 
     let flood_from = monotonic_us();
     let flooders = start_flood(&before, duration)?;

@@ -359,26 +359,6 @@ fn check_input_reconnect(
     })
 }
 
-/// Waits until the client has written `frames` frames to `out`.
-fn wait_for_frames(out: &Path, frames: u64, client: &mut std::process::Child) -> Result<()> {
-    let (aw, ah) = pattern::code_area(WIDTH, HEIGHT).context("code area")?;
-    let record = 20 + u64::from(aw) * u64::from(ah);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let len = std::fs::metadata(out).map_or(0, |m| m.len());
-        if len >= 16 + frames * record {
-            return Ok(());
-        }
-        if let Some(status) = client.try_wait()? {
-            bail!("the client ended ({status}) before streaming");
-        }
-        if Instant::now() > deadline {
-            bail!("the client wrote {len} bytes in 60 s, not {frames} frames");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Where the figures go: `target/restart-gaps.txt` beside the build.
 fn report_path() -> PathBuf {
     bin_dir()
@@ -592,7 +572,7 @@ fn the_real_client_rides_out_worker_restarts_and_reconnects_after_a_net_restart(
         .spawn()
         .context("starting the Moonlight client")?;
     let mut input = ClientInput::take(&mut client)?;
-    wait_for_frames(&out, u64::from(FPS), &mut client)?;
+    lumen_tests::restarts::wait_for_frames(&out, u64::from(FPS), (WIDTH, HEIGHT), &mut client)?;
     let mut tail = FrameTail::new(&out);
 
     let mut kills = Vec::new();
