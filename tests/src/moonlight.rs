@@ -123,6 +123,26 @@ pub fn finish_client(
         .with_context(|| format!("{what}: client output is not JSON: {stdout}; stderr: {stderr}"))
 }
 
+/// Pairs the client identity in `dir` with `broker` on loopback: the real client asks while
+/// `lumen-broker pair PIN` offers the PIN. Fails with both sides' words if either refuses.
+pub fn pair_on_loopback(broker: &crate::Broker, python: &Path, dir: &str) -> Result<()> {
+    let port = broker.port_base.to_string();
+    let client = start_script(
+        python,
+        "pair_and_applist.py",
+        &["pair", "127.0.0.1", &port, dir, PIN],
+    )?;
+    let cli = broker.cli(&["pair", PIN])?;
+    let client = finish_client(client, Duration::from_secs(150), "pair", || Ok(()))?;
+    ensure!(
+        cli.status.success() && client["paired"] == true,
+        "pairing failed: client {client}; lumen-broker pair: {} {}",
+        String::from_utf8_lossy(&cli.stdout),
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    Ok(())
+}
+
 /// One frame the client decoded, as `stream_frames.py` wrote it.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodedFrame {

@@ -15,28 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use lumen_tests::moonlight::{finish_client, python, read_frames, start_script, PIN};
+use lumen_tests::moonlight::{finish_client, python, read_frames, start_script};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
-
-/// Pairs the identity in `dir` with the PIN while `lumen-broker pair PIN` runs.
-fn pair(broker: &Broker, python: &Path, dir: &str) -> Result<()> {
-    let port = broker.port_base.to_string();
-    let client = start_script(
-        python,
-        "pair_and_applist.py",
-        &["pair", "127.0.0.1", &port, dir, PIN],
-    )?;
-    let cli = broker.cli(&["pair", PIN])?;
-    let client = finish_client(client, Duration::from_secs(150), "pair", || Ok(()))?;
-    ensure!(
-        cli.status.success() && client["paired"] == true,
-        "pairing failed: client {client}; lumen-broker pair: {} {}",
-        String::from_utf8_lossy(&cli.stdout),
-        String::from_utf8_lossy(&cli.stderr)
-    );
-    Ok(())
-}
 
 /// One stream with the real client: `frames` frames of `codec` at 640x360@30 written to `out`,
 /// and, with `audio_channels`, that audio layout recorded. Returns the client's summary and the
@@ -118,7 +99,7 @@ fn moonlight_streams_av1_video_and_51_audio_as_describe_offers() -> Result<()> {
     let broker = Broker::start("gamestream-codecs")?;
     let identities = ScratchDir::new("moonlight-codecs-identity")?;
     let dir = identities.path().join("paired").display().to_string();
-    pair(&broker, &python, &dir)?;
+    lumen_tests::moonlight::pair_on_loopback(&broker, &python, &dir)?;
     let scratch = ScratchDir::new("moonlight-codecs-frames")?;
 
     // 1. AV1 video.

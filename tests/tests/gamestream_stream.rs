@@ -13,27 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use lumen_tests::moonlight::{finish_client, python, read_frames, start_script, PIN};
+use lumen_tests::moonlight::{finish_client, python, read_frames, start_script};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
-
-/// Pairs the identity in `dir` with the PIN while `lumen-broker pair PIN` runs.
-fn pair(broker: &Broker, python: &Path, port: &str, dir: &str) -> Result<()> {
-    let client = start_script(
-        python,
-        "pair_and_applist.py",
-        &["pair", "127.0.0.1", port, dir, PIN],
-    )?;
-    let cli = broker.cli(&["pair", PIN])?;
-    let client = finish_client(client, Duration::from_secs(150), "pair", || Ok(()))?;
-    ensure!(
-        cli.status.success() && client["paired"] == true,
-        "pairing failed: client {client}; lumen-broker pair: {} {}",
-        String::from_utf8_lossy(&cli.stdout),
-        String::from_utf8_lossy(&cli.stderr)
-    );
-    Ok(())
-}
 
 /// Streams `frames` frames of `codec` at `width`×`height`@`fps`, ends as `end` says (see
 /// stream_frames.py), checks the pattern's codes and returns what the client reported.
@@ -188,7 +170,7 @@ fn moonlight_streams_the_test_pattern_in_h264_and_hevc() -> Result<()> {
     let broker = Broker::start("gamestream-stream")?;
     let identities = ScratchDir::new("moonlight-stream-identity")?;
     let dir = identities.path().join("paired").display().to_string();
-    pair(&broker, &python, &broker.port_base.to_string(), &dir)?;
+    lumen_tests::moonlight::pair_on_loopback(&broker, &python, &dir)?;
 
     // 1. H.264: a launch; the client then leaves, which ends the stream but not the app.
     let h264 = stream_and_check(&broker, &python, &dir, "h264", (640, 360, 30), 60, "stop")?;

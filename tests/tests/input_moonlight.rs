@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use lumen_tests::eis_server::{Connection, EisServer, Seen, REGION};
-use lumen_tests::moonlight::{finish_client, python, start_script, PIN};
+use lumen_tests::moonlight::{finish_client, python, start_script};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
 
@@ -39,25 +39,6 @@ const BTN_RIGHT: u32 = 0x111;
 const BTN_MIDDLE: u32 = 0x112;
 const BTN_SIDE: u32 = 0x113;
 const BTN_EXTRA: u32 = 0x114;
-
-/// Pairs the identity in `dir` with the PIN while `lumen-broker pair PIN` runs.
-fn pair(broker: &Broker, python: &Path, dir: &str) -> Result<()> {
-    let port = broker.port_base.to_string();
-    let client = start_script(
-        python,
-        "pair_and_applist.py",
-        &["pair", "127.0.0.1", &port, dir, PIN],
-    )?;
-    let cli = broker.cli(&["pair", PIN])?;
-    let client = finish_client(client, Duration::from_secs(150), "pair", || Ok(()))?;
-    ensure!(
-        cli.status.success() && client["paired"] == true,
-        "pairing failed: client {client}; lumen-broker pair: {} {}",
-        String::from_utf8_lossy(&cli.stdout),
-        String::from_utf8_lossy(&cli.stderr)
-    );
-    Ok(())
-}
 
 fn key(key: u32, down: bool) -> Seen {
     Seen::Key { key, down }
@@ -215,7 +196,7 @@ fn moonlight_input_reaches_the_eis_server_as_sent() -> Result<()> {
     })?;
 
     let dir = scratch.path().join("identity").display().to_string();
-    pair(&broker, &python, &dir)?;
+    lumen_tests::moonlight::pair_on_loopback(&broker, &python, &dir)?;
 
     let port = broker.port_base.to_string();
     let (w, h, fps) = (WIDTH.to_string(), HEIGHT.to_string(), FPS.to_string());

@@ -15,13 +15,13 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use lumen_core::pattern;
 use lumen_tests::flood::{self, Sent};
-use lumen_tests::moonlight::{finish_client, python, start_script, PIN};
+use lumen_tests::moonlight::{finish_client, python, start_script};
 use lumen_tests::restarts::{monotonic_us, read_timed_frames};
 use lumen_tests::{bin_dir, worker, Broker, ScratchDir};
 use serde_json::Value;
@@ -41,24 +41,6 @@ fn flood_seconds() -> Result<u64> {
             .with_context(|| format!("LUMEN_FLOOD_SECONDS={v:?} is not a number")),
         Err(_) => Ok(15),
     }
-}
-
-/// Pairs the identity in `dir` with the PIN while `lumen-broker pair PIN` runs.
-fn pair(broker: &Broker, python: &Path, dir: &str) -> Result<()> {
-    let port = broker.port_base.to_string();
-    let client = start_script(
-        python,
-        "pair_and_applist.py",
-        &["pair", "127.0.0.1", &port, dir, PIN],
-    )?;
-    let cli = broker.cli(&["pair", PIN])?;
-    let client = finish_client(client, Duration::from_secs(150), "pair", || Ok(()))?;
-    ensure!(
-        cli.status.success() && client["paired"] == true,
-        "pairing failed: client {client}; lumen-broker pair: {}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
-    Ok(())
 }
 
 /// The loopback address of the LAN socket with `role` in status.
@@ -179,7 +161,7 @@ fn the_stream_survives_a_hostile_network_and_every_drop_is_counted() -> Result<(
     let broker = Broker::start("reliability-flood")?;
     let identities = ScratchDir::new("flood-identity")?;
     let dir = identities.path().join("paired").display().to_string();
-    pair(&broker, &python, &dir)?;
+    lumen_tests::moonlight::pair_on_loopback(&broker, &python, &dir)?;
 
     let before = broker.status()?;
     let pids = worker_pids(&before)?;

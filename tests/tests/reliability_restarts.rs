@@ -24,14 +24,14 @@
 //! docs/reliability.md quotes ("Restart gaps with the real client").
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use lumen_core::pattern;
 use lumen_tests::eis_server::{Connection, EisServer, Seen};
-use lumen_tests::moonlight::{finish_client, python, script_args, start_script, PIN};
+use lumen_tests::moonlight::{finish_client, python, script_args};
 use lumen_tests::restarts::{
     monotonic_us, read_timed_frames, recovery_after, ClientInput, Distribution, FrameTail,
     Recovery, TimedStream,
@@ -116,24 +116,6 @@ fn socket_inodes(pid: u32) -> Result<BTreeSet<String>> {
         }
     }
     Ok(inodes)
-}
-
-/// Pairs the identity in `dir` with the PIN while `lumen-broker pair PIN` runs.
-fn pair(broker: &Broker, python: &Path, dir: &str) -> Result<()> {
-    let port = broker.port_base.to_string();
-    let client = start_script(
-        python,
-        "pair_and_applist.py",
-        &["pair", "127.0.0.1", &port, dir, PIN],
-    )?;
-    let cli = broker.cli(&["pair", PIN])?;
-    let client = finish_client(client, Duration::from_secs(150), "pair", || Ok(()))?;
-    ensure!(
-        cli.status.success() && client["paired"] == true,
-        "pairing failed: client {client}; lumen-broker pair: {}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
-    Ok(())
 }
 
 /// One SIGKILL of a worker while the client streams.
@@ -536,7 +518,7 @@ fn the_real_client_rides_out_worker_restarts_and_reconnects_after_a_net_restart(
         c.first().is_some_and(bound)
     })?;
     let dir = identities.path().join("paired").display().to_string();
-    pair(&broker, &python, &dir)?;
+    lumen_tests::moonlight::pair_on_loopback(&broker, &python, &dir)?;
 
     let scratch = ScratchDir::new("restart-frames")?;
     let out = scratch.path().join("timed.frames");
