@@ -1,12 +1,14 @@
 """Streams from a lumen host with the real Moonlight client (moonlight-python 0.3.0) for
 tests/tests/gamestream_stream.rs. The identity must already be paired.
 
-  stream HOST HTTP_PORT IDENTITY_DIR CODEC WIDTH HEIGHT FPS FRAMES OUT END
+  stream HOST HTTP_PORT IDENTITY_DIR CODEC WIDTH HEIGHT FPS FRAMES OUT AREA_W AREA_H END
 
 launches "Desktop" (or resumes it, when the host reports it running), decodes FRAMES frames and
 appends each to OUT as a record: a header of u32le width, u32le height, u32le client frame
-number, u32le frame type, then the frame's luma plane (width*height bytes, BT.601 limited range,
-computed from the decoded BGR picture). Then, by END:
+number, u32le frame type, then the luma of the AREA_W x AREA_H code area at the picture's
+top-left (BT.601 limited range, computed from the decoded BGR picture). The code area holds the
+test pattern's frame code (lumen_core::pattern::code_area, computed by the caller); the rest of
+the picture is not needed and would make the file six times larger. Then, by END:
 
   stop   stops the stream (the client leaves; the app stays running on the host)
   quit   quits the app (/cancel) while still streaming, waits for the host to end the stream
@@ -14,7 +16,7 @@ computed from the decoded BGR picture). Then, by END:
 
   stream ... END AUDIO_CHANNELS
 
-with a twelfth argument (2, 6 or 8) the client asks for that audio layout and records the audio
+with a fourteenth argument (2, 6 or 8) the client asks for that audio layout and records the audio
 while it decodes the frames; the summary gets "audio": the Opus configuration the client took from
 DESCRIBE (moonlight-common-c's audio init callback), how many packets and PCM chunks it decoded,
 their channel count, and for each channel in Moonlight's order its dominant frequency and RMS
@@ -131,8 +133,9 @@ def record_audio(client, seconds):
     return summary
 
 
-def stream(host, port, identity_dir, codec, width, height, fps, count, out_path, end,
+def stream(host, port, identity_dir, codec, width, height, fps, count, out_path, area, end,
            audio_channels=None):
+    area_w, area_h = area
     if audio_channels is not None:
         ask_for_audio_layout(audio_channels)
     if codec == "av1":
@@ -148,8 +151,10 @@ def stream(host, port, identity_dir, codec, width, height, fps, count, out_path,
         result["ready_s"] = round(time.monotonic() - started, 3)
         with open(out_path, "wb") as out:
             for frame in client.frames():
-                y = luma(frame.data)
-                h, w = y.shape
+                h, w = frame.data.shape[:2]
+                y = luma(frame.data[:area_h, :area_w, :])
+                if y.shape != (area_h, area_w):
+                    raise ValueError(f"a {w}x{h} frame has no {area_w}x{area_h} code area")
                 out.write(struct.pack("<IIII", w, h, frame.frame_number & 0xFFFFFFFF,
                                       frame.frame_type & 0xFFFFFFFF))
                 out.write(np.ascontiguousarray(y).tobytes())
@@ -181,15 +186,13 @@ def stream(host, port, identity_dir, codec, width, height, fps, count, out_path,
 
 
 def main(argv):
-    if len(argv) == 11 and argv[0] == "stream" and argv[10] in ("stop", "quit"):
-        stream(argv[1], int(argv[2]), argv[3], argv[4], int(argv[5]), int(argv[6]),
-               int(argv[7]), int(argv[8]), argv[9], argv[10])
-    elif (len(argv) == 12 and argv[0] == "stream" and argv[10] in ("stop", "quit")
-          and argv[11] in ("2", "6", "8")):
-        stream(argv[1], int(argv[2]), argv[3], argv[4], int(argv[5]), int(argv[6]),
-               int(argv[7]), int(argv[8]), argv[9], argv[10], int(argv[11]))
-    else:
+    ok = (len(argv) in (13, 14) and argv[0] == "stream" and argv[12] in ("stop", "quit")
+          and (len(argv) == 13 or argv[13] in ("2", "6", "8")))
+    if not ok:
         sys.exit(__doc__)
+    audio_channels = int(argv[13]) if len(argv) == 14 else None
+    stream(argv[1], int(argv[2]), argv[3], argv[4], int(argv[5]), int(argv[6]), int(argv[7]),
+           int(argv[8]), argv[9], (int(argv[10]), int(argv[11])), argv[12], audio_channels)
 
 
 if __name__ == "__main__":

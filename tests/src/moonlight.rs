@@ -143,6 +143,75 @@ pub fn pair_on_loopback(broker: &crate::Broker, python: &Path, dir: &str) -> Res
     Ok(())
 }
 
+/// One run of `stream_frames.py`: what it streams and where it writes the frames.
+pub struct FrameStream<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    /// The paired client identity's directory.
+    pub identity: &'a str,
+    pub codec: &'a str,
+    /// Width, height, fps.
+    pub mode: (u32, u32, u32),
+    /// Frames to decode before the stream ends.
+    pub frames: u32,
+    pub out: &'a Path,
+    /// "stop" (the client leaves) or "quit" (/cancel while streaming).
+    pub end: &'a str,
+    /// With a layout (2, 6 or 8 channels), the client asks for it and records audio.
+    pub audio_channels: Option<u32>,
+}
+
+impl FrameStream<'_> {
+    /// The script's arguments. The client keeps only the test pattern's code area of each frame
+    /// (`pattern::code_area`): the whole luma plane is six times larger and a suite run writes
+    /// hundreds of frames, on machines whose disk may be nearly full.
+    pub fn args(&self) -> Result<Vec<String>> {
+        let (width, height, fps) = self.mode;
+        let (area_w, area_h) = pattern::code_area(width, height)
+            .with_context(|| format!("{width}x{height} has no room for the pattern's code"))?;
+        let mut args: Vec<String> = vec![
+            "stream".into(),
+            self.host.into(),
+            self.port.to_string(),
+            self.identity.into(),
+            self.codec.into(),
+            width.to_string(),
+            height.to_string(),
+            fps.to_string(),
+            self.frames.to_string(),
+            self.out.display().to_string(),
+            area_w.to_string(),
+            area_h.to_string(),
+            self.end.into(),
+        ];
+        args.extend(self.audio_channels.map(|c| c.to_string()));
+        Ok(args)
+    }
+
+    /// Starts `stream_frames.py` under `python` on this host.
+    pub fn start(&self, python: &Path) -> Result<Child> {
+        let args = self.args()?;
+        start_script(
+            python,
+            "stream_frames.py",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    }
+
+    /// Frames written so far.
+    pub fn frames_written(&self) -> u64 {
+        let (width, height, _) = self.mode;
+        let len = std::fs::metadata(self.out).map(|m| m.len()).unwrap_or(0);
+        frame_record_len(width, height).map_or(0, |record| len / record)
+    }
+
+    /// The frames the client wrote.
+    pub fn decoded(&self) -> Result<Vec<DecodedFrame>> {
+        let (width, height, _) = self.mode;
+        read_frames(self.out, width, height)
+    }
+}
+
 /// One frame the client decoded, as `stream_frames.py` wrote it.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodedFrame {
@@ -161,13 +230,16 @@ impl DecodedFrame {
 }
 
 /// Bytes of one record in the client's frame file: a 16-byte header (width, height, frame
-/// number, frame type; u32 little-endian) and the luma plane.
-pub fn frame_record_len(width: u32, height: u32) -> u64 {
-    16 + u64::from(width) * u64::from(height)
+/// number, frame type; u32 little-endian) and the luma of the code area at the top-left.
+pub fn frame_record_len(width: u32, height: u32) -> Option<u64> {
+    let (area_w, area_h) = pattern::code_area(width, height)?;
+    Some(16 + u64::from(area_w) * u64::from(area_h))
 }
 
 /// Reads the frames `stream_frames.py` wrote and the pattern code of each.
 pub fn read_frames(path: &Path, width: u32, height: u32) -> Result<Vec<DecodedFrame>> {
+    let (area_w, area_h) = pattern::code_area(width, height)
+        .with_context(|| format!("{width}x{height} has no room for the pattern's code"))?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut frames = Vec::new();
     let mut rest = bytes.as_slice();
@@ -179,13 +251,13 @@ pub fn read_frames(path: &Path, width: u32, height: u32) -> Result<Vec<DecodedFr
             (w, h) == (width, height),
             "the client decoded {w}x{h}, not {width}x{height}"
         );
-        let len = (w * h) as usize;
+        let len = (area_w * area_h) as usize;
         ensure!(rest.len() >= 16 + len, "a truncated frame");
         let luma = &rest[16..16 + len];
         frames.push(DecodedFrame {
             client_frame,
             frame_type,
-            code: pattern::read_code(luma, w as usize, w, h),
+            code: pattern::read_code(luma, area_w as usize, w, h),
         });
         rest = &rest[16 + len..];
     }

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use lumen_tests::moonlight::{finish_client, python, read_frames, start_script};
+use lumen_tests::moonlight::{finish_client, python, read_frames, FrameStream};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
 
@@ -31,27 +31,18 @@ fn stream(
     out: &Path,
     audio_channels: Option<u32>,
 ) -> Result<(Value, Value)> {
-    let port = broker.port_base.to_string();
-    let out = out.display().to_string();
-    let frames = frames.to_string();
-    let audio = audio_channels.map(|c| c.to_string());
-    let mut args = vec![
-        "stream",
-        "127.0.0.1",
-        &port,
-        dir,
+    let client = FrameStream {
+        host: "127.0.0.1",
+        port: broker.port_base,
+        identity: dir,
         codec,
-        "640",
-        "360",
-        "30",
-        &frames,
-        &out,
-        "stop",
-    ];
-    if let Some(audio) = &audio {
-        args.push(audio);
+        mode: (640, 360, 30),
+        frames,
+        out,
+        end: "stop",
+        audio_channels,
     }
-    let client = start_script(python, "stream_frames.py", &args)?;
+    .start(python)?;
     let generation = |status: &Value| status["media_session"]["generation"].as_u64().unwrap_or(0);
     let before = generation(&broker.status()?);
     let mut session = None;

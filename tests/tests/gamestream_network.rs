@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use lumen_tests::moonlight::{
-    finish_client, frame_record_len, python, read_frames, script_args, spawn_client, DecodedFrame,
-    PIN,
+    finish_client, python, script_args, spawn_client, DecodedFrame, FrameStream, PIN,
 };
 use lumen_tests::netns::{self, Datagrams, LanPair, HOST_ADDR};
 use lumen_tests::{Broker, ScratchDir};
@@ -110,39 +109,35 @@ fn stream(
     frames: u32,
     mut tick: impl FnMut(u64) -> Result<()>,
 ) -> Result<(Value, Vec<DecodedFrame>)> {
-    let (width, height, fps) = MODE;
     let scratch = ScratchDir::new("moonlight-net-frames")?;
     let out = scratch.path().join("h264.frames");
-    let port = broker.port_base.to_string();
-    let args = [
-        "stream",
-        HOST_ADDR,
-        &port,
-        dir,
-        "h264",
-        &width.to_string(),
-        &height.to_string(),
-        &fps.to_string(),
-        &frames.to_string(),
-        &out.display().to_string(),
-        "stop",
-    ];
+    let spec = FrameStream {
+        host: HOST_ADDR,
+        port: broker.port_base,
+        identity: dir,
+        codec: "h264",
+        mode: MODE,
+        frames,
+        out: &out,
+        end: "stop",
+        audio_channels: None,
+    };
+    let args = spec.args()?;
     let client = start_client(
         lan,
         python,
         "stream_frames.py",
-        &args.iter().map(|s| &**s).collect::<Vec<_>>(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
     let result = finish_client(client, Duration::from_secs(60), "h264", || {
-        let written = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        tick(written / frame_record_len(width, height))
+        tick(spec.frames_written())
     })?;
     eprintln!("h264: client says {result}");
     ensure!(
         result.get("error").is_none(),
         "h264: the client failed: {result}"
     );
-    let decoded = read_frames(&out, width, height)?;
+    let decoded = spec.decoded()?;
     ensure!(
         decoded.len() >= frames as usize,
         "h264: the client decoded {} frames, wanted {frames}",

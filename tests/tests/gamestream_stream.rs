@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use lumen_tests::moonlight::{finish_client, python, read_frames, start_script};
+use lumen_tests::moonlight::{finish_client, python, FrameStream};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
 
@@ -30,25 +30,18 @@ fn stream_and_check(
 ) -> Result<Value> {
     let scratch = ScratchDir::new("moonlight-frames")?;
     let out = scratch.path().join(format!("{codec}.frames"));
-    let port = broker.port_base.to_string();
-    let args = [
-        "stream",
-        "127.0.0.1",
-        &port,
-        dir,
+    let spec = FrameStream {
+        host: "127.0.0.1",
+        port: broker.port_base,
+        identity: dir,
         codec,
-        &width.to_string(),
-        &height.to_string(),
-        &fps.to_string(),
-        &frames.to_string(),
-        &out.display().to_string(),
+        mode: (width, height, fps),
+        frames,
+        out: &out,
         end,
-    ];
-    let client = start_script(
-        python,
-        "stream_frames.py",
-        &args.iter().map(|s| &**s).collect::<Vec<_>>(),
-    )?;
+        audio_channels: None,
+    };
+    let client = spec.start(python)?;
     // While the client streams, the broker must report the session the client announced (a
     // newer generation than the last session's, which the status keeps showing).
     let generation = |status: &Value| status["media_session"]["generation"].as_u64().unwrap_or(0);
@@ -81,7 +74,7 @@ fn stream_and_check(
         "{codec}: the broker encoded {params}"
     );
 
-    let decoded = read_frames(&out, width, height)?;
+    let decoded = spec.decoded()?;
     ensure!(
         decoded.len() >= frames as usize,
         "{codec}: the client decoded {} frames, wanted {frames}",
