@@ -19,4 +19,14 @@ export LUMEN_TEST_VENV
 
 # The whole-system tests start the real binaries (broker and the four workers), so build them first.
 cargo build --workspace --bins
-cargo test --workspace --no-fail-fast -- --test-threads="${LUMEN_TEST_THREADS:-2}"
+
+# The streaming tests write decoded frames and state dirs: a nearly full disk fails them with
+# ENOSPC in the client, which is told apart from a real failure by these figures.
+disk() { df -h "${CARGO_TARGET_DIR:-target}" "${TMPDIR:-/tmp}" || true; }
+echo "tests/run.sh: disk space before the tests:"
+disk
+if ! cargo test --workspace --no-fail-fast -- --test-threads="${LUMEN_TEST_THREADS:-2}"; then
+    echo "tests/run.sh: tests failed; disk space now:"
+    disk
+    exit 1
+fi

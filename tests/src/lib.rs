@@ -135,10 +135,11 @@ impl Broker {
                 .args(["serve", "--bind", "127.0.0.1", "--port-base"])
                 .arg(port_base.to_string())
                 .stdin(Stdio::null())
-                .stdout(Stdio::inherit())
-                .stderr(Stdio::inherit())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
                 .spawn()
                 .context("starting lumen-broker serve")?;
+            let child = forward_output(child, "lumen-broker");
             let mut broker = Broker {
                 child: Some(child),
                 state_dir,
@@ -360,6 +361,19 @@ pub fn pass_channel_as_fd3(command: &mut Command, channel: std::os::fd::RawFd) {
     }
 }
 
+/// Forwards `child`'s piped stdout and stderr with [`forward_lines`]: what a broker logs then shows
+/// with the test that started it, when it fails, instead of flooding the run's output (CI's log
+/// keeps only part of it, which should be the failures).
+pub fn forward_output(mut child: Child, name: &'static str) -> Child {
+    if let Some(out) = child.stdout.take() {
+        forward_lines(out, name);
+    }
+    if let Some(err) = child.stderr.take() {
+        forward_lines(err, name);
+    }
+    child
+}
+
 /// Copies a child's output to this test's stderr, line by line, from a thread of its own (the
 /// test harness shows it with a failing test). Use it instead of inheriting stderr for a sandboxed
 /// worker: workers may not grow files (RLIMIT_FSIZE 0), so writing to an inherited stderr that is
@@ -367,11 +381,14 @@ pub fn pass_channel_as_fd3(command: &mut Command, channel: std::os::fd::RawFd) {
 pub fn forward_lines(output: impl std::io::Read + Send + 'static, name: &'static str) {
     use std::io::BufRead;
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(output).lines() {
-            match line {
-                Ok(line) => eprintln!("[{name}] {line}"),
-                Err(_) => break,
-            }
+        // Bytes, not `lines()`: a line that is not UTF-8 must not stop the copying, or the child
+        // would block on a full pipe.
+        let mut reader = std::io::BufReader::new(output);
+        let mut line = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            eprintln!("[{name}] {}", text.trim_end_matches('\n'));
+            line.clear();
         }
     });
 }

@@ -274,10 +274,11 @@ impl Broker {
             .args(["serve", "--bind", HOST_ADDR, "--port-base"])
             .arg(port_base.to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting lumen-broker serve in the host namespace")?;
+        let child = crate::forward_output(child, "lumen-broker");
         let broker = Broker {
             child: Some(child),
             state_dir,
