@@ -691,6 +691,46 @@ async fn a_sigkilled_worker_is_reaped_and_restarted() {
     supervisor.shutdown(Duration::from_secs(1)).await;
 }
 
+/// `is_running` is what the broker checks before handing out a channel between two workers: a
+/// worker that never said Ready, or is not supervised at all, must not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_worker_that_said_ready_counts_as_running() {
+    init_logs();
+    let supervisor = Supervisor::start_with(
+        vec![
+            (WorkerKind::Capture, fake("serve", "capture", None)),
+            (WorkerKind::Encode, command("/bin/sh", &["-c", "exit 3"])),
+        ],
+        None,
+        quick_policy(),
+    )
+    .expect("start");
+    wait_for(
+        &supervisor,
+        WorkerKind::Capture,
+        Duration::from_secs(10),
+        "the worker to run",
+        |s| s.state == "running",
+    )
+    .await;
+    assert!(supervisor.is_running(WorkerKind::Capture));
+    wait_for(
+        &supervisor,
+        WorkerKind::Encode,
+        Duration::from_secs(10),
+        "the crashing worker to be restarted",
+        |s| s.restarts >= 2,
+    )
+    .await;
+    assert!(
+        !supervisor.is_running(WorkerKind::Encode),
+        "never said Ready"
+    );
+    assert!(!supervisor.is_running(WorkerKind::Input), "not supervised");
+    supervisor.shutdown(Duration::from_secs(1)).await;
+    assert!(!supervisor.is_running(WorkerKind::Capture), "stopped");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_meets_its_deadline_even_when_a_worker_ignores_it() {
     init_logs();

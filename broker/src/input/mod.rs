@@ -120,15 +120,28 @@ impl InputPlumbing {
             .clone()
     }
 
-    /// A worker is ready: lumen-input gets its devices, and both sides a fresh channel.
+    /// A worker is ready: lumen-input gets its devices, and both sides a fresh channel once the
+    /// other side is ready too (a worker not yet ready would drop its end, and the other side
+    /// would see the channel close at once). Whichever of the two is ready last hands it out:
+    /// each is marked running before its Ready event is passed on.
     pub fn on_ready(&self, kind: WorkerKind) {
         if kind == WorkerKind::Input {
             self.send_devices();
         }
-        if matches!(kind, WorkerKind::Input | WorkerKind::Net) {
-            if let Err(e) = self.send_channel() {
-                tracing::warn!("handing out the net ↔ input channel: {e:#}");
-            }
+        let other = match kind {
+            WorkerKind::Input => WorkerKind::Net,
+            WorkerKind::Net => WorkerKind::Input,
+            _ => return,
+        };
+        if !self.supervisor.is_running(other) {
+            tracing::debug!(
+                "the net ↔ input channel waits for lumen-{} to be ready",
+                other.name()
+            );
+            return;
+        }
+        if let Err(e) = self.send_channel() {
+            tracing::warn!("handing out the net ↔ input channel: {e:#}");
         }
     }
 

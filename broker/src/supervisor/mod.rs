@@ -243,6 +243,20 @@ impl Supervisor {
             .map_err(|e| anyhow::anyhow!("queueing a message for {}: {e}", kind.name()))
     }
 
+    /// Whether `kind`'s worker has said Ready and not exited since: the only state in which it
+    /// takes the messages [`Supervisor::send`] queues (a worker not ready drops them).
+    pub(crate) fn is_running(&self, kind: WorkerKind) -> bool {
+        self.inner.slots.iter().any(|slot| {
+            slot.kind == kind
+                && slot
+                    .shared
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .state
+                    == slot::State::Running
+        })
+    }
+
     /// Snapshot for `lumen-broker status`.
     pub fn status(&self) -> Vec<WorkerStatus> {
         self.inner
