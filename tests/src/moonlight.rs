@@ -198,6 +198,41 @@ impl FrameStream<'_> {
         )
     }
 
+    /// Runs the client on this host to its end while watching `broker`'s status for the media
+    /// session the client starts (a newer generation than the last one, which the status keeps
+    /// showing). Returns the client's summary and that session; a client that reports an error,
+    /// or a stream the broker never showed, fails.
+    pub fn run_watching(
+        &self,
+        python: &Path,
+        broker: &crate::Broker,
+        timeout: Duration,
+    ) -> Result<(Value, Value)> {
+        let codec = self.codec;
+        let client = self.start(python)?;
+        let generation = |status: &Value| status["media_session"]["generation"].as_u64();
+        let before = generation(&broker.status()?).unwrap_or(0);
+        let mut session = None;
+        let result = finish_client(client, timeout, codec, || {
+            if session.is_none() {
+                if let Ok(status) = broker.status() {
+                    if generation(&status).unwrap_or(0) > before {
+                        session = Some(status["media_session"].clone());
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        eprintln!("{codec}: client says {result}");
+        ensure!(
+            result.get("error").is_none(),
+            "{codec}: the client failed: {result}"
+        );
+        let session = session
+            .with_context(|| format!("{codec}: the broker never reported a media session"))?;
+        Ok((result, session))
+    }
+
     /// Frames written so far.
     pub fn frames_written(&self) -> u64 {
         let (width, height, _) = self.mode;

@@ -14,8 +14,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use lumen_tests::moonlight::{finish_client, python, read_frames, FrameStream};
+use anyhow::{ensure, Result};
+use lumen_tests::moonlight::{python, read_frames, FrameStream};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
 
@@ -31,7 +31,7 @@ fn stream(
     out: &Path,
     audio_channels: Option<u32>,
 ) -> Result<(Value, Value)> {
-    let client = FrameStream {
+    FrameStream {
         host: "127.0.0.1",
         port: broker.port_base,
         identity: dir,
@@ -42,28 +42,7 @@ fn stream(
         end: "stop",
         audio_channels,
     }
-    .start(python)?;
-    let generation = |status: &Value| status["media_session"]["generation"].as_u64().unwrap_or(0);
-    let before = generation(&broker.status()?);
-    let mut session = None;
-    let result = finish_client(client, Duration::from_secs(150), codec, || {
-        if session.is_none() {
-            if let Ok(status) = broker.status() {
-                if generation(&status) > before {
-                    session = Some(status["media_session"].clone());
-                }
-            }
-        }
-        Ok(())
-    })?;
-    eprintln!("{codec}: client says {result}");
-    ensure!(
-        result.get("error").is_none(),
-        "{codec}: the client failed: {result}"
-    );
-    let session =
-        session.with_context(|| format!("{codec}: the broker never reported a media session"))?;
-    Ok((result, session))
+    .run_watching(python, broker, Duration::from_secs(150))
 }
 
 /// The capture's test tone on channel `ch` (capture-proc/src/tone.rs): 440 Hz and 660 Hz at

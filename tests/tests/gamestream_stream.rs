@@ -12,8 +12,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use lumen_tests::moonlight::{finish_client, python, FrameStream};
+use anyhow::{bail, ensure, Result};
+use lumen_tests::moonlight::{python, FrameStream};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
 
@@ -41,29 +41,8 @@ fn stream_and_check(
         end,
         audio_channels: None,
     };
-    let client = spec.start(python)?;
-    // While the client streams, the broker must report the session the client announced (a
-    // newer generation than the last session's, which the status keeps showing).
-    let generation = |status: &Value| status["media_session"]["generation"].as_u64().unwrap_or(0);
-    let before = generation(&broker.status()?);
-    let mut seen_session = None;
-    let result = finish_client(client, Duration::from_secs(120), codec, || {
-        if seen_session.is_none() {
-            if let Ok(status) = broker.status() {
-                if generation(&status) > before {
-                    seen_session = Some(status["media_session"].clone());
-                }
-            }
-        }
-        Ok(())
-    })?;
-    eprintln!("{codec}: client says {result}");
-    ensure!(
-        result.get("error").is_none(),
-        "{codec}: the client failed: {result}"
-    );
-    let session = seen_session
-        .with_context(|| format!("{codec}: the broker never reported a media session"))?;
+    // While the client streams, the broker must report the session the client announced.
+    let (result, session) = spec.run_watching(python, broker, Duration::from_secs(120))?;
     let params = &session["params"];
     ensure!(
         params["width"] == width && params["height"] == height && params["fps"] == fps,
