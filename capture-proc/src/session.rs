@@ -346,7 +346,7 @@ impl Worker {
                 Ok(())
             }
             BrokerMsg::StopSession => Err(format!("{} unexpected fds with StopSession", fds.len())),
-            other => Err(format!("lumen-capture does not take {other:?}")),
+            other => Err(format!("unexpected message {other:?}")),
         }
     }
 

@@ -1,10 +1,12 @@
-//! A hostile broker against the real `lumen-encode` and `lumen-input` (issue 6, the other
-//! direction of `reliability_workers`): the test starts each worker as the broker does (fd 3 = its
-//! control channel, `--worker`, cleared environment; it locks itself down as in production), waits
-//! for `Ready`, then sends what a compromised broker could: another protocol version, garbage,
-//! oversized records, fds where none belong, messages for another worker kind, messages out of
-//! order, session fds of the wrong size, kind or seals, and, for a running encode session, frame
-//! descriptions outside the pool and random bytes over the frame pool and the rings' headers.
+//! A hostile broker against every real worker — `lumen-encode`, `lumen-input`, `lumen-capture`
+//! and `lumen-net` (issue 6, the other direction of `reliability_workers`): the test starts each
+//! worker as the broker does (fd 3 = its control channel, `--worker`, cleared environment; it
+//! locks itself down as in production), waits for `Ready`, then sends what a compromised broker
+//! could: another protocol version, garbage, oversized records, fds where none belong, messages
+//! for another worker kind, messages out of order, session fds of the wrong size, kind or seals,
+//! LAN sockets of the wrong type or count, an identity whose certificate is not one, and, for
+//! running sessions, frame descriptions outside the pool, random bytes over the frame pool and the
+//! rings' headers, and a hostile peer on the capture ↔ encode and net ↔ input channels.
 //!
 //! Every refusal must be reported (`WorkerMsg::Error`, then exit status 2 for a message the worker
 //! cannot take at all; `SessionFailed` with the worker still answering pings for a session that
@@ -21,8 +23,9 @@ use lumen_ipc::channel::{Channel, ChannelError};
 use lumen_ipc::frame_pool::{self, round_slot_bytes, FramePool};
 use lumen_ipc::input::{InputEvent, InputStats, NetToInput};
 use lumen_ipc::media::{
-    AudioLayout, CaptureToEncode, EncodeToCapture, FrameDesc, FramePoolSpec, PixelFormat, Plane,
-    SessionParams, VideoCodec, AUDIO_RING_BYTES, PCM_RING_BYTES, VIDEO_RING_BYTES,
+    AudioLayout, CaptureSource, CaptureToEncode, EncodeToCapture, FrameDesc, FramePoolSpec,
+    PixelFormat, Plane, SessionParams, VideoCodec, AUDIO_RING_BYTES, PCM_RING_BYTES,
+    VIDEO_RING_BYTES,
 };
 use lumen_ipc::msg::{
     BrokerMsg, SocketRole, WorkerMsg, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, WORKER_FLAG,
@@ -38,6 +41,9 @@ type Misdeed<'a> = Box<dyn Fn(&Worker) -> Result<()> + 'a>;
 type BreakSession<'a> = dyn Fn(&Session, Vec<OwnedFd>) -> Result<(BrokerMsg, Vec<OwnedFd>)> + 'a;
 /// Turns a valid frame description into one that does not fit the pool.
 type BreakFrame = Box<dyn Fn(FrameDesc) -> FrameDesc>;
+/// Turns a valid StartCapture's fds into a broken StartCapture.
+type BreakCapture<'a> =
+    dyn Fn(&CaptureSession, Vec<OwnedFd>) -> Result<(BrokerMsg, Vec<OwnedFd>)> + 'a;
 /// Picks one of a session's rings.
 type RingOf = fn(&Session) -> &RingFds;
 
@@ -337,18 +343,38 @@ fn common_refusals(name: &'static str) -> Result<usize> {
             "StopSession",
             Box::new(|w| w.send(&BrokerMsg::StopSession, &[null.as_fd(), null.as_fd()])),
         ),
-        (
-            "NetSockets (net's message)",
-            "unexpected message",
-            Box::new(|w| {
-                w.send(
-                    &BrokerMsg::NetSockets {
-                        roles: vec![SocketRole::Http],
-                    },
-                    &[null.as_fd()],
-                )
-            }),
-        ),
+        if name == "lumen-net" {
+            (
+                "StartEncode (encode's)",
+                "unexpected message",
+                Box::new(|w| {
+                    w.send(
+                        &BrokerMsg::StartEncode {
+                            params: params(),
+                            pool: FramePoolSpec {
+                                slots: 4,
+                                slot_bytes: 4096,
+                            },
+                            generation: 1,
+                        },
+                        &[],
+                    )
+                }),
+            )
+        } else {
+            (
+                "NetSockets (net's message)",
+                "unexpected message",
+                Box::new(|w| {
+                    w.send(
+                        &BrokerMsg::NetSockets {
+                            roles: vec![SocketRole::Http],
+                        },
+                        &[null.as_fd()],
+                    )
+                }),
+            )
+        },
     ];
     let count = cases.len();
     for (case, expected, send) in cases {
@@ -886,7 +912,8 @@ fn drain_failure(worker: &mut Worker) -> Result<Option<String>> {
             }
             Err(ChannelError::Timeout(_)) => return Ok(failed),
             Err(e) => bail!(
-                "lumen-encode's channel ended: {e}; stderr:\n{}",
+                "{}'s channel ended: {e}; stderr:\n{}",
+                worker.name,
                 worker.stderr()
             ),
         }
@@ -1103,6 +1130,479 @@ fn lumen_input_refuses_a_hostile_broker_and_a_hostile_net_channel() -> Result<()
     println!(
         "lumen-input: {shared_cases} shared and {count} device/channel refusals with exit 2, \
          net channel refusals logged, no panic"
+    );
+    Ok(())
+}
+
+// ---- lumen-capture ------------------------------------------------------------------------------
+
+/// A test-pattern capture session's fds as the broker makes them (frame pool, capture's end of the
+/// frame channel, the PCM ring and its doorbell); the test keeps encode's end of the channel and
+/// the ring.
+struct CaptureSession {
+    spec: FramePoolSpec,
+    encode: Channel,
+    pcm: RingFds,
+}
+
+impl CaptureSession {
+    fn new(generation: u64) -> Result<(CaptureSession, Vec<OwnedFd>)> {
+        let p = params();
+        let spec = FramePoolSpec {
+            slots: 4,
+            slot_bytes: round_slot_bytes(
+                u64::from(p.width) * u64::from(p.height) * 4 + 64 * u64::from(p.height),
+            ),
+        };
+        let pool = frame_pool::create_pool("hostile-capture-frames", &spec)?;
+        let (capture_end, encode) = Channel::pair()?;
+        let pcm = create_ring("hostile-capture-pcm", PCM_RING_BYTES, generation)?;
+        let fds = vec![
+            pool,
+            OwnedFd::from(capture_end),
+            pcm.memfd.try_clone()?,
+            pcm.doorbell.try_clone()?,
+        ];
+        Ok((CaptureSession { spec, encode, pcm }, fds))
+    }
+
+    fn start_msg(spec: FramePoolSpec, generation: u64) -> BrokerMsg {
+        BrokerMsg::StartCapture {
+            params: params(),
+            pool: spec,
+            source: CaptureSource::TestPattern,
+            generation,
+        }
+    }
+
+    /// The next frame capture hands to encode.
+    fn next_frame(&mut self) -> Result<FrameDesc> {
+        match self.encode.recv_timeout::<CaptureToEncode>(WAIT) {
+            Ok(received) => match received.msg {
+                CaptureToEncode::Frame(desc) => Ok(desc),
+            },
+            Err(e) => bail!("no frame from lumen-capture: {e}"),
+        }
+    }
+}
+
+/// Starts a valid test-pattern session and waits for its first frame.
+fn start_capture_session(
+    worker: &mut Worker,
+    generation: u64,
+) -> Result<(CaptureSession, FrameDesc)> {
+    let (mut session, fds) = CaptureSession::new(generation)?;
+    let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+    worker.send(
+        &CaptureSession::start_msg(session.spec, generation),
+        &borrowed,
+    )?;
+    drop(fds);
+    let started = worker.report("SessionStarted", |msg| match msg {
+        WorkerMsg::SessionStarted { generation: g } if *g == generation => Some(Ok(())),
+        WorkerMsg::SessionFailed { message, .. } => Some(Err(message.clone())),
+        _ => None,
+    })?;
+    if let Err(message) = started {
+        bail!("a valid capture session (generation {generation}) failed: {message}");
+    }
+    let frame = session.next_frame()?;
+    Ok((session, frame))
+}
+
+/// A memfd of `len` bytes without the seals a frame pool must carry.
+fn unsealed_memfd(len: u64) -> Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create("hostile-unsealed", rustix::fs::MemfdFlags::CLOEXEC)?;
+    rustix::fs::ftruncate(&fd, len)?;
+    Ok(fd)
+}
+
+#[test]
+fn lumen_capture_refuses_a_hostile_broker_and_a_hostile_encode_end() -> Result<()> {
+    let shared_cases = common_refusals("lumen-capture")?;
+
+    // Messages for other workers: refused, the worker exits with status 2.
+    let null = dev_null()?;
+    let others: Vec<(&str, BrokerMsg, Vec<BorrowedFd<'_>>)> = vec![
+        (
+            "StartEncode (encode's)",
+            BrokerMsg::StartEncode {
+                params: params(),
+                pool: FramePoolSpec {
+                    slots: 4,
+                    slot_bytes: 4096,
+                },
+                generation: 1,
+            },
+            vec![],
+        ),
+        (
+            "InputChannel (input's)",
+            BrokerMsg::InputChannel,
+            vec![null.as_fd()],
+        ),
+        (
+            "StreamRings (net's)",
+            BrokerMsg::StreamRings { generation: 1 },
+            vec![],
+        ),
+    ];
+    let other_count = others.len();
+    for (case, msg, fds) in others {
+        let worker = Worker::start("lumen-capture")?;
+        worker.send(&msg, &fds)?;
+        worker.refuses_and_exits(case, "unexpected message")?;
+    }
+
+    // Broken sessions: SessionFailed naming the fault, and the worker keeps serving.
+    let mut worker = Worker::start("lumen-capture")?;
+    let mut generation = 10;
+    let broken: Vec<(&str, &str, Box<BreakCapture<'_>>)> = vec![
+        (
+            "three fds",
+            "carries 3 fds",
+            Box::new(|s, mut fds| {
+                fds.pop();
+                Ok((CaptureSession::start_msg(s.spec, 0), fds))
+            }),
+        ),
+        (
+            "/dev/null as the frame pool",
+            "frame pool fd",
+            Box::new(|s, mut fds| {
+                fds[0] = dev_null()?;
+                Ok((CaptureSession::start_msg(s.spec, 0), fds))
+            }),
+        ),
+        (
+            "an unsealed memfd as the frame pool",
+            "frame pool fd",
+            Box::new(|s, mut fds| {
+                fds[0] = unsealed_memfd(s.spec.slot_bytes * u64::from(s.spec.slots))?;
+                Ok((CaptureSession::start_msg(s.spec, 0), fds))
+            }),
+        ),
+        (
+            "a pool smaller than announced",
+            "frame pool",
+            Box::new(|s, mut fds| {
+                let small = FramePoolSpec { slots: 1, ..s.spec };
+                fds[0] = frame_pool::create_pool("hostile-small", &small)?;
+                Ok((CaptureSession::start_msg(s.spec, 0), fds))
+            }),
+        ),
+        (
+            "a pipe as the frame channel",
+            "frame channel",
+            Box::new(|s, mut fds| {
+                let (read, _write) = rustix::pipe::pipe()?;
+                fds[1] = read;
+                Ok((CaptureSession::start_msg(s.spec, 0), fds))
+            }),
+        ),
+        (
+            "a PCM ring of another generation",
+            "PCM ring",
+            Box::new(|s, mut fds| {
+                let other = create_ring("hostile-other-gen", PCM_RING_BYTES, 999)?;
+                fds[2] = other.memfd;
+                fds[3] = other.doorbell;
+                Ok((CaptureSession::start_msg(s.spec, 0), fds))
+            }),
+        ),
+        (
+            "a zero-sized picture",
+            "session parameters",
+            Box::new(|s, fds| {
+                let mut msg = CaptureSession::start_msg(s.spec, 0);
+                if let BrokerMsg::StartCapture { params, .. } = &mut msg {
+                    params.width = 0;
+                }
+                Ok((msg, fds))
+            }),
+        ),
+    ];
+    let broken_count = broken.len();
+    for (case, expected, break_it) in broken {
+        generation += 1;
+        let (session, fds) = CaptureSession::new(generation)?;
+        let (mut msg, fds) = break_it(&session, fds)?;
+        if let BrokerMsg::StartCapture { generation: g, .. } = &mut msg {
+            *g = generation;
+        }
+        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+        worker.send(&msg, &borrowed)?;
+        let message = worker.session_failed()?;
+        assert!(
+            message.contains(expected),
+            "lumen-capture: {case}: SessionFailed should say {expected:?}: {message:?}"
+        );
+        worker.ping()?;
+        println!("{:>13} {case:>34}: {message}", "lumen-capture");
+    }
+
+    // A hostile encode end of a running session: each ends that session with SessionFailed; the
+    // worker serves the next one.
+    type Misbehave = Box<dyn Fn(&CaptureSession, &FrameDesc) -> Result<()>>;
+    let hostile_encode: Vec<(&str, &str, Misbehave)> = vec![
+        (
+            "a Release of a slot never handed out",
+            "released slot 99",
+            Box::new(|s, _| {
+                s.encode.send(&EncodeToCapture::Release { slot: 99 }, &[])?;
+                Ok(())
+            }),
+        ),
+        (
+            "a Release twice",
+            "had not handed",
+            Box::new(|s, frame| {
+                let release = EncodeToCapture::Release { slot: frame.slot };
+                s.encode.send(&release, &[])?;
+                s.encode.send(&release, &[])?;
+                Ok(())
+            }),
+        ),
+        (
+            "an fd with a Release",
+            "fds",
+            Box::new(|s, frame| {
+                let null = dev_null()?;
+                s.encode.send(
+                    &EncodeToCapture::Release { slot: frame.slot },
+                    &[null.as_fd()],
+                )?;
+                Ok(())
+            }),
+        ),
+        (
+            "garbage on the frame channel",
+            "frame channel",
+            Box::new(|s, _| {
+                let mut noise = Noise(0xfeed_beef_0bad_cafe);
+                let mut record = vec![PROTOCOL_VERSION as u8];
+                record.extend(noise.bytes(600));
+                send_raw(&s.encode, &record, &[])
+            }),
+        ),
+    ];
+    let hostile_count = hostile_encode.len();
+    for (case, expected, misbehave) in hostile_encode {
+        generation += 1;
+        let (session, frame) = start_capture_session(&mut worker, generation)?;
+        misbehave(&session, &frame)?;
+        let message = worker
+            .session_failed()
+            .with_context(|| format!("lumen-capture: {case}"))?;
+        assert!(
+            message.contains(expected),
+            "lumen-capture: {case}: SessionFailed should say {expected:?}: {message:?}"
+        );
+        worker.ping()?;
+        println!("{:>13} {case:>34}: {message}", "lumen-capture");
+    }
+
+    // Random bytes over the PCM ring's header while capture produces into it: the session may
+    // fail (reported), the worker must not.
+    generation += 1;
+    let (session, _) = start_capture_session(&mut worker, generation)?;
+    let mut noise = Noise(0x0dd_ba11_5eed_0001);
+    for _ in 0..20 {
+        let bytes = noise.bytes(HEADER_LEN);
+        rustix::io::pwrite(&session.pcm.memfd, &bytes, 0).context("pwrite")?;
+        ring_doorbell(&session.pcm.doorbell);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    worker.ping()?;
+    let scribbled = drain_failure(&mut worker)?;
+    println!(
+        "{:>13} {:>34}: {}",
+        "lumen-capture",
+        "scribbled PCM ring header",
+        scribbled.as_deref().unwrap_or("session kept running")
+    );
+    worker.send(&BrokerMsg::StopSession, &[])?;
+    worker.ping()?;
+    worker.shut_down()?;
+    println!(
+        "lumen-capture: {shared_cases} shared and {other_count} other-worker refusals with exit 2, \
+         {broken_count} broken sessions and {hostile_count} hostile encode ends reported, no panic"
+    );
+    Ok(())
+}
+
+// ---- lumen-net ---------------------------------------------------------------------------------
+
+/// A TCP listener on loopback, as the broker binds the HTTP, HTTPS and RTSP ports.
+fn tcp_listener() -> Result<OwnedFd> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.into())
+}
+
+/// A UDP socket on loopback, as the broker binds the media and control ports.
+fn udp_socket() -> Result<OwnedFd> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.into())
+}
+
+#[test]
+fn lumen_net_refuses_a_hostile_broker() -> Result<()> {
+    let shared_cases = common_refusals("lumen-net")?;
+
+    // Sockets, identities and channels of the wrong kind, count or order, and messages for other
+    // workers: refused with exit 2.
+    let null = dev_null()?;
+    let (http, https, udp) = (tcp_listener()?, tcp_listener()?, udp_socket()?);
+    let (stream, _other) = std::os::unix::net::UnixStream::pair()?;
+    let identity = || lumen_ipc::net_msg::NetIdentity {
+        uniqueid: "0123456789ABCDEF".into(),
+        cert_pem: "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"
+            .into(),
+        paired_sha256: Vec::new(),
+        encrypt_video: true,
+        encoder: Default::default(),
+    };
+    let cases: Vec<(&str, &str, BrokerMsg, Vec<BorrowedFd<'_>>)> = vec![
+        (
+            "NetSockets: two roles, one fd",
+            "2 roles but carries 1 fds",
+            BrokerMsg::NetSockets {
+                roles: vec![SocketRole::Http, SocketRole::Https],
+            },
+            vec![http.as_fd()],
+        ),
+        (
+            "NetSockets: a role twice",
+            "repeats the role",
+            BrokerMsg::NetSockets {
+                roles: vec![SocketRole::Http, SocketRole::Http],
+            },
+            vec![http.as_fd(), https.as_fd()],
+        ),
+        (
+            "NetSockets: /dev/null as HTTP",
+            "Http socket",
+            BrokerMsg::NetSockets {
+                roles: vec![SocketRole::Http],
+            },
+            vec![null.as_fd()],
+        ),
+        (
+            "NetSockets: UDP as HTTP",
+            "Http socket",
+            BrokerMsg::NetSockets {
+                roles: vec![SocketRole::Http],
+            },
+            vec![udp.as_fd()],
+        ),
+        (
+            "NetSockets: a listener as video",
+            "Video socket",
+            BrokerMsg::NetSockets {
+                roles: vec![SocketRole::Video],
+            },
+            vec![http.as_fd()],
+        ),
+        (
+            "NetIdentity with an fd",
+            "unexpected message",
+            BrokerMsg::NetIdentity(identity()),
+            vec![null.as_fd()],
+        ),
+        (
+            "NetMdns before the sockets",
+            "without an mDNS socket",
+            BrokerMsg::NetMdns(lumen_ipc::msg::MdnsAdvert {
+                instance: "lumen".into(),
+                host: "lumen".into(),
+                port: 47989,
+                interfaces: Vec::new(),
+            }),
+            vec![],
+        ),
+        (
+            "InputChannel without an fd",
+            "carries 0 fds",
+            BrokerMsg::InputChannel,
+            vec![],
+        ),
+        (
+            "InputChannel: a stream socket",
+            "InputChannel",
+            BrokerMsg::InputChannel,
+            vec![stream.as_fd()],
+        ),
+        (
+            "StreamRings before streaming",
+            "without streaming",
+            BrokerMsg::StreamRings { generation: 1 },
+            vec![],
+        ),
+        (
+            "StartCapture (capture's)",
+            "unexpected message",
+            BrokerMsg::StartCapture {
+                params: params(),
+                pool: FramePoolSpec {
+                    slots: 4,
+                    slot_bytes: 4096,
+                },
+                source: CaptureSource::TestPattern,
+                generation: 1,
+            },
+            vec![],
+        ),
+    ];
+    let count = cases.len();
+    for (case, expected, msg, fds) in cases {
+        let worker = Worker::start("lumen-net")?;
+        worker.send(&msg, &fds)?;
+        worker.refuses_and_exits(case, expected)?;
+    }
+
+    // In order, then out of it: sockets twice; an identity whose certificate is not one.
+    let roles = vec![SocketRole::Http, SocketRole::Https];
+    let sockets = |w: &Worker| {
+        w.send(
+            &BrokerMsg::NetSockets {
+                roles: roles.clone(),
+            },
+            &[http.as_fd(), https.as_fd()],
+        )
+    };
+    let mut worker = Worker::start("lumen-net")?;
+    sockets(&worker)?;
+    worker.ping()?;
+    sockets(&worker)?;
+    worker.refuses_and_exits("NetSockets twice", "sent twice")?;
+
+    let mut worker = Worker::start("lumen-net")?;
+    sockets(&worker)?;
+    worker.ping()?;
+    worker.send(&BrokerMsg::NetIdentity(identity()), &[])?;
+    worker.refuses_and_exits("NetIdentity: a broken certificate", "certificate")?;
+
+    // A reply to a request net never made is dropped; net goes on serving.
+    let mut worker = Worker::start("lumen-net")?;
+    worker.send(
+        &BrokerMsg::NetReply {
+            id: 77,
+            reply: lumen_ipc::net_msg::NetReply::Refused("never asked".into()),
+        },
+        &[],
+    )?;
+    worker.ping()?;
+    let stderr = worker.shut_down()?;
+    assert!(
+        stderr.contains("late broker reply"),
+        "lumen-net did not say it dropped the unasked reply:\n{stderr}"
+    );
+    println!(
+        "{:>13} {:>34}: dropped, still serving",
+        "lumen-net", "a reply to no request"
+    );
+    println!(
+        "lumen-net: {shared_cases} shared and {} socket/identity/channel refusals with exit 2, no \
+         panic",
+        count + 2
     );
     Ok(())
 }
