@@ -8,6 +8,7 @@ mod control;
 mod dispatch;
 mod input;
 mod logging;
+mod mdns_refresh;
 mod net_service;
 mod net_stats;
 mod pairing;
@@ -149,6 +150,7 @@ fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<()> {
             net_stats.clone(),
             input.clone(),
         )?;
+        mdns_refresh::spawn(supervisor.clone());
         tracing::info!(%bind, port_base, socket = %paths.control_socket.display(), "lumen-broker serving");
         let view = Arc::new(BrokerView {
             workers: Box::new({

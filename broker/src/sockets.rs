@@ -12,9 +12,13 @@
 //! `_nvstream._tcp`. `lumen-net` cannot list interfaces after lock-down, so the broker lists them
 //! here and tells it what to advertise ([`LanSockets::mdns_advert`]). mDNS is a convenience:
 //! when it cannot be set up, the broker says why ([`LanSockets::mdns_problem`]) and serves on.
+//! Bound to all addresses, the broker looks at the interfaces again every few seconds
+//! ([`LanSockets::refresh_mdns`]): a laptop that joins another network, or an address a DHCP
+//! lease changed, is advertised without a restart.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{bail, Context};
 use lumen_ipc::msg::{MdnsAdvert, MdnsInterface, SocketRole};
@@ -55,8 +59,10 @@ struct LanSocket {
 /// The bound listening TCP sockets (HTTP, HTTPS, RTSP) and UDP sockets (video, control, audio,
 /// and mDNS when on).
 pub struct LanSockets {
+    bind: IpAddr,
     sockets: Vec<LanSocket>,
-    mdns: Option<MdnsAdvert>,
+    /// What is advertised now; the interfaces follow the host's (see [`LanSockets::refresh_mdns`]).
+    mdns: Option<Mutex<MdnsAdvert>>,
     mdns_problem: Option<String>,
 }
 
@@ -115,15 +121,73 @@ impl LanSockets {
             }
         }
         Ok(LanSockets {
+            bind,
             sockets,
-            mdns: advert,
+            mdns: advert.map(Mutex::new),
             mdns_problem,
         })
     }
 
     /// What `lumen-net` advertises on the mDNS socket, when there is one.
-    pub fn mdns_advert(&self) -> Option<&MdnsAdvert> {
-        self.mdns.as_ref()
+    pub fn mdns_advert(&self) -> Option<MdnsAdvert> {
+        let advert = self.mdns.as_ref()?;
+        Some(
+            advert
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+
+    /// Lists the interfaces again and, when they changed, joins the mDNS group on the new ones,
+    /// leaves it on those gone, and returns the advert to send `lumen-net`. Only when bound to
+    /// all addresses: a bind address is one interface for good. With no interface up, the last
+    /// advert stays (there is nobody to tell).
+    pub fn refresh_mdns(&self) -> Option<MdnsAdvert> {
+        if self.mdns.is_none() || !self.bind.is_unspecified() {
+            return None;
+        }
+        match mdns_interfaces(self.bind) {
+            Ok(listed) => self.follow_mdns_interfaces(listed),
+            Err(e) => {
+                tracing::debug!("mDNS: {e:#}; advertising on the last interfaces");
+                None
+            }
+        }
+    }
+
+    /// [`LanSockets::refresh_mdns`] for the interfaces `listed`.
+    fn follow_mdns_interfaces(&self, listed: Vec<MdnsInterface>) -> Option<MdnsAdvert> {
+        let (advert, socket) = (self.mdns.as_ref()?, self.fd(SocketRole::Mdns)?);
+        let mut advert = advert.lock().unwrap_or_else(PoisonError::into_inner);
+        let same = listed.len() == advert.interfaces.len()
+            && listed.iter().all(|i| advert.interfaces.contains(i));
+        if listed.is_empty() || same {
+            return None;
+        }
+        for gone in advert.interfaces.iter().filter(|i| !listed.contains(i)) {
+            // The address may be gone already; the kernel keeps a membership per interface
+            // (named by the address it was joined with), and leaving may take it away even
+            // from another address of the same interface: every listed one joins again below.
+            let _ = sockopt::set_ip_drop_membership(socket, &MDNS_GROUP, &gone.address);
+        }
+        let mut joined = Vec::with_capacity(listed.len());
+        for iface in listed {
+            match sockopt::set_ip_add_membership(socket, &MDNS_GROUP, &iface.address) {
+                // EADDRINUSE: the interface is a member already.
+                Ok(()) | Err(rustix::io::Errno::ADDRINUSE) => joined.push(iface),
+                Err(e) => tracing::warn!("mDNS: not advertising on {}: {e}", iface.address),
+            }
+        }
+        if joined.is_empty() || joined == advert.interfaces {
+            return None;
+        }
+        advert.interfaces = joined;
+        Some(advert.clone())
+    }
+
+    fn fd(&self, role: SocketRole) -> Option<&OwnedFd> {
+        self.sockets.iter().find(|s| s.role == role).map(|s| &s.fd)
     }
 
     /// Why mDNS was wanted but could not be set up.
@@ -369,6 +433,72 @@ mod tests {
         // A second broker (or Avahi) shares the port.
         let (second, _) = bind_somewhere_with(true);
         assert_eq!(second.mdns_problem(), None);
+    }
+
+    #[test]
+    fn changed_interfaces_are_followed_and_the_same_ones_are_no_news() {
+        let (sockets, _) = bind_somewhere_with(true);
+        let lo = |prefix_len| MdnsInterface {
+            address: Ipv4Addr::LOCALHOST,
+            prefix_len,
+        };
+        let unassigned = MdnsInterface {
+            address: Ipv4Addr::new(192, 0, 2, 1),
+            prefix_len: 24,
+        };
+        // Bound to one address, there is nothing to follow.
+        assert_eq!(sockets.refresh_mdns(), None);
+        assert_eq!(
+            sockets.follow_mdns_interfaces(vec![lo(8)]),
+            None,
+            "unchanged"
+        );
+        assert_eq!(sockets.follow_mdns_interfaces(Vec::new()), None, "none up");
+        // A new subnet on the same address: the group is left and joined again, the advert
+        // names the new subnet.
+        let moved = sockets
+            .follow_mdns_interfaces(vec![lo(16)])
+            .expect("a changed advert");
+        assert_eq!(moved.interfaces, vec![lo(16)]);
+        assert_eq!(
+            sockets.mdns_advert().map(|a| a.interfaces),
+            Some(vec![lo(16)])
+        );
+        // An address no interface has cannot be joined: left out, so nothing changed.
+        assert_eq!(
+            sockets.follow_mdns_interfaces(vec![lo(16), unassigned]),
+            None
+        );
+        // Still a member: a datagram to the group on loopback reaches the socket (with
+        // IP_MULTICAST_ALL, as here, another socket's membership on lo would deliver it too;
+        // none at all would not).
+        let dups = sockets.dup_all().expect("dup");
+        let (_, mdns) = dups.last().expect("the mDNS socket");
+        let mdns = UdpSocket::from(mdns.try_clone().expect("dup"));
+        mdns.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("sender");
+        sockopt::set_ip_multicast_if(&sender, &Ipv4Addr::LOCALHOST).expect("multicast if");
+        sockopt::set_ip_multicast_loop(&sender, true).expect("loop");
+        let marker = b"lumen-mdns-membership-check";
+        let mut buf = [0u8; 64];
+        let mut seen = false;
+        for _ in 0..20 {
+            sender
+                .send_to(marker, (MDNS_GROUP, MDNS_PORT))
+                .expect("send to the group");
+            // Other responders on this host may send to the group too.
+            while let Ok(len) = mdns.recv(&mut buf) {
+                if &buf[..len] == marker {
+                    seen = true;
+                    break;
+                }
+            }
+            if seen {
+                break;
+            }
+        }
+        assert!(seen, "the mDNS socket left the group");
     }
 
     #[test]

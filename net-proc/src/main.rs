@@ -146,12 +146,24 @@ impl Worker {
                 self.start_when_ready()
             }
             BrokerMsg::NetMdns(advert) if fds.is_empty() => {
-                let socket = match (&self.lan, &self.mdns) {
-                    (Some(lan), None) => lan.dup(SocketRole::Mdns)?,
-                    _ => None,
+                let advert = mdns::advert(&advert)?;
+                // Again while advertising: the host's interfaces changed.
+                if let Some(responder) = &self.mdns {
+                    let addresses: Vec<String> = advert
+                        .interfaces()
+                        .iter()
+                        .map(|i| i.address.to_string())
+                        .collect();
+                    responder.update(advert);
+                    eprintln!("lumen-net: mDNS now on {}", addresses.join(", "));
+                    return Ok(());
+                }
+                let socket = match &self.lan {
+                    Some(lan) => lan.dup(SocketRole::Mdns)?,
+                    None => None,
                 };
-                let socket = socket.ok_or("NetMdns without an mDNS socket, or sent twice")?;
-                self.mdns = Some(mdns::MdnsResponder::start(socket, mdns::advert(&advert)?)?);
+                let socket = socket.ok_or("NetMdns without an mDNS socket")?;
+                self.mdns = Some(mdns::MdnsResponder::start(socket, advert)?);
                 eprintln!("lumen-net: advertising _nvstream._tcp over mDNS");
                 Ok(())
             }

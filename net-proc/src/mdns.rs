@@ -1,6 +1,7 @@
 //! mDNS advertisement of `_nvstream._tcp` on the UDP 5353 socket the broker bound and joined to
 //! 224.0.0.251 (`SocketRole::Mdns`): announces at start, answers queries, says goodbye (TTL 0)
-//! when dropped on a clean shutdown. The answers come from [`lumen_core::mdns`]; this module only
+//! when dropped on a clean shutdown. When the host's interfaces change, the broker sends the new
+//! advert ([`MdnsResponder::update`]): it is announced at once and answers use it from then on. The answers come from [`lumen_core::mdns`]; this module only
 //! moves datagrams, at a capped rate, and counts what it drops.
 //!
 //! No new syscalls: recvfrom/sendto on the handed socket, and setsockopt(IPPROTO_IP,
@@ -9,7 +10,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use lumen_core::mdns::{Advert, Interface, Outgoing, ReplyBudget, ANNOUNCE_GAP, MAX_DATAGRAM};
@@ -32,10 +33,27 @@ pub struct MdnsCounters {
     pub send_errors: AtomicU64,
 }
 
+/// The advert in use, shared by the answering thread and [`MdnsResponder::update`].
+#[derive(Clone)]
+struct CurrentAdvert(Arc<Mutex<Arc<Advert>>>);
+
+impl CurrentAdvert {
+    fn get(&self) -> Arc<Advert> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, advert: Advert) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(advert);
+    }
+}
+
 /// The running responder; dropping it sends the goodbye.
 pub struct MdnsResponder {
     socket: UdpSocket,
-    advert: Arc<Advert>,
+    advert: CurrentAdvert,
     counters: Arc<MdnsCounters>,
 }
 
@@ -60,7 +78,7 @@ impl MdnsResponder {
         let reader = socket
             .try_clone()
             .map_err(|e| format!("duplicating the mDNS socket: {e}"))?;
-        let advert = Arc::new(advert);
+        let advert = CurrentAdvert(Arc::new(Mutex::new(Arc::new(advert))));
         let counters = Arc::new(MdnsCounters::default());
         let (thread_advert, thread_counters) = (advert.clone(), counters.clone());
         std::thread::Builder::new()
@@ -74,6 +92,15 @@ impl MdnsResponder {
         })
     }
 
+    /// Advertises `advert` from now on (the interfaces changed): announced at once on each of its
+    /// interfaces. Interfaces that are gone get no goodbye: nothing can be sent on them.
+    pub fn update(&self, advert: Advert) {
+        for datagram in advert.announcement(false) {
+            send(&self.socket, &datagram, &self.counters);
+        }
+        self.advert.set(advert);
+    }
+
     #[cfg(test)]
     pub fn counters(&self) -> &MdnsCounters {
         &self.counters
@@ -82,7 +109,7 @@ impl MdnsResponder {
 
 impl Drop for MdnsResponder {
     fn drop(&mut self) {
-        for datagram in self.advert.announcement(true) {
+        for datagram in self.advert.get().announcement(true) {
             send(&self.socket, &datagram, &self.counters);
         }
     }
@@ -106,8 +133,8 @@ fn send(socket: &UdpSocket, datagram: &Outgoing, counters: &MdnsCounters) {
 
 /// Announces twice, a second apart (the second after the first queries were served), then
 /// answers queries until the process ends.
-fn serve(socket: &UdpSocket, advert: &Advert, counters: &MdnsCounters) {
-    for datagram in advert.announcement(false) {
+fn serve(socket: &UdpSocket, advert: &CurrentAdvert, counters: &MdnsCounters) {
+    for datagram in advert.get().announcement(false) {
         send(socket, &datagram, counters);
     }
     let mut second_announcement = Some(Instant::now() + ANNOUNCE_GAP);
@@ -123,7 +150,7 @@ fn serve(socket: &UdpSocket, advert: &Advert, counters: &MdnsCounters) {
         let received = socket.recv_from(&mut buf);
         if second_announcement.is_some_and(|at| Instant::now() >= at) {
             second_announcement = None;
-            for datagram in advert.announcement(false) {
+            for datagram in advert.get().announcement(false) {
                 send(socket, &datagram, counters);
             }
         }
@@ -150,7 +177,7 @@ fn serve(socket: &UdpSocket, advert: &Advert, counters: &MdnsCounters) {
         };
         handle(
             socket,
-            advert,
+            &advert.get(),
             counters,
             &mut budget,
             &buf[..len.min(buf.len())],
@@ -243,6 +270,48 @@ mod tests {
         assert_eq!(reply.answers.len(), 1);
         assert_eq!(responder.counters().malformed.load(Ordering::Relaxed), 1);
         assert_eq!(responder.counters().answered.load(Ordering::Relaxed), 1);
+    }
+
+    /// The port the SRV record of the answer to an SRV query names.
+    fn srv_port(asker: &UdpSocket, id: u16) -> u16 {
+        let instance = format!("test-host.{}", lumen_core::mdns::SERVICE_TYPE);
+        asker
+            .send(&query(&[(instance.as_str(), TYPE::SRV)], false, id))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        loop {
+            let len = asker.recv(&mut buf).expect("an answer");
+            let reply = Packet::parse(&buf[..len]).unwrap();
+            if reply.id() != id {
+                continue;
+            }
+            return reply
+                .answers
+                .iter()
+                .find_map(|rr| match &rr.rdata {
+                    simple_dns::rdata::RData::SRV(srv) => Some(srv.port),
+                    _ => None,
+                })
+                .expect("an SRV answer");
+        }
+    }
+
+    #[test]
+    fn an_updated_advert_is_answered_from_then_on() {
+        let (responder, asker) = responder();
+        assert_eq!(srv_port(&asker, 1), 47989);
+        let moved = Advert::new(
+            "test-host",
+            "test-host",
+            50000,
+            &[Interface {
+                address: Ipv4Addr::LOCALHOST,
+                prefix_len: 8,
+            }],
+        )
+        .unwrap();
+        responder.update(moved);
+        assert_eq!(srv_port(&asker, 2), 50000);
     }
 
     #[test]

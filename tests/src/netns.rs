@@ -56,6 +56,9 @@ fn run(program: &str, args: &[&str]) -> Result<Output> {
 pub struct LanPair {
     pub host: String,
     pub client: String,
+    /// The veth ends, in the host and the client namespace.
+    pub host_veth: String,
+    pub client_veth: String,
 }
 
 impl LanPair {
@@ -67,15 +70,17 @@ impl LanPair {
         let pair = LanPair {
             host: format!("lumen-h{id}"),
             client: format!("lumen-c{id}"),
+            host_veth: format!("lh{id}"),
+            client_veth: format!("lc{id}"),
         };
         // Leftovers of an earlier, killed run with the same pid would make `add` fail.
         let _ = pair.delete();
-        pair.setup(&id)?;
+        pair.setup()?;
         Ok(pair)
     }
 
-    fn setup(&self, id: &str) -> Result<()> {
-        let (veth_host, veth_client) = (format!("lh{id}"), format!("lc{id}"));
+    fn setup(&self) -> Result<()> {
+        let (veth_host, veth_client) = (&self.host_veth, &self.client_veth);
         run("ip", &["netns", "add", &self.host])?;
         run("ip", &["netns", "add", &self.client])?;
         run(
@@ -83,21 +88,21 @@ impl LanPair {
             &[
                 "link",
                 "add",
-                &veth_host,
+                veth_host,
                 "netns",
                 &self.host,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                &veth_client,
+                veth_client,
                 "netns",
                 &self.client,
             ],
         )?;
         for (ns, veth, addr) in [
-            (&self.host, &veth_host, HOST_ADDR),
-            (&self.client, &veth_client, CLIENT_ADDR),
+            (&self.host, veth_host, HOST_ADDR),
+            (&self.client, veth_client, CLIENT_ADDR),
         ] {
             let cidr = format!("{addr}/24");
             run(
@@ -114,6 +119,19 @@ impl LanPair {
             )?;
             run("ip", &["-n", ns, "link", "set", veth.as_str(), "up"])?;
             run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Moves both ends to other addresses (`host_cidr`, `client_cidr`): the old ones are removed,
+    /// as when a host joins another network.
+    pub fn readdress(&self, host_cidr: &str, client_cidr: &str) -> Result<()> {
+        for (ns, veth, cidr) in [
+            (&self.host, &self.host_veth, host_cidr),
+            (&self.client, &self.client_veth, client_cidr),
+        ] {
+            run("ip", &["-n", ns, "addr", "flush", "dev", veth.as_str()])?;
+            run("ip", &["-n", ns, "addr", "add", cidr, "dev", veth.as_str()])?;
         }
         Ok(())
     }
@@ -264,6 +282,17 @@ impl Broker {
 
     /// [`Broker::start_in_netns`] with `config` as its `config.toml`.
     pub fn start_in_netns_with_config(tag: &str, lan: &LanPair, config: &str) -> Result<Broker> {
+        Broker::start_in_netns_bound(tag, lan, HOST_ADDR, config)
+    }
+
+    /// [`Broker::start_in_netns_with_config`] bound to `bind` (`0.0.0.0`: every address the host
+    /// namespace has, now or later).
+    pub fn start_in_netns_bound(
+        tag: &str,
+        lan: &LanPair,
+        bind: &str,
+        config: &str,
+    ) -> Result<Broker> {
         let state_dir = ScratchDir::new(tag)?;
         std::fs::write(state_dir.path().join("config.toml"), config)
             .context("writing config.toml")?;
@@ -271,7 +300,7 @@ impl Broker {
         let child = LanPair::command(&lan.host, bin("lumen-broker")?)
             .arg("--state-dir")
             .arg(state_dir.path())
-            .args(["serve", "--bind", HOST_ADDR, "--port-base"])
+            .args(["serve", "--bind", bind, "--port-base"])
             .arg(port_base.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

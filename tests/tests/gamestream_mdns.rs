@@ -2,6 +2,7 @@
 //! 10.200.0.1), a real mDNS browser (the `mdns-sd` crate, as Moonlight browses with its own) in
 //! another, joined by a veth pair. The browser must resolve `_nvstream._tcp` to the host's address
 //! and its HTTP port, see the goodbye when the broker stops, and find nothing when mDNS is off.
+//! Bound to all addresses, the broker follows the host onto another subnet without a restart.
 //!
 //! These tests need root (network namespaces); without it they skip with a message, unless `CI`
 //! is set.
@@ -214,5 +215,38 @@ fn with_mdns_off_nothing_answers() -> Result<()> {
         found.is_none(),
         "mDNS is off, yet the browser found {found:?}"
     );
+    Ok(())
+}
+
+/// A broker bound to all addresses, whose host then moves to another subnet (the old address
+/// removed, as when a laptop joins another network): a browser on the new subnet must resolve
+/// the host to its new address, without a restart. Without following the interfaces, the
+/// responder would still advertise the address that is gone.
+#[test]
+fn a_host_that_moves_to_another_subnet_is_advertised_there() -> Result<()> {
+    if !netns::root_or_skip("gamestream_mdns")? {
+        return Ok(());
+    }
+    let lan = LanPair::new()?;
+    let broker = Broker::start_in_netns_bound("mdns-moves", &lan, "0.0.0.0", "")?;
+    lan.readdress("10.201.0.1/24", "10.201.0.2/24")?;
+    // The broker lists the interfaces every 3 s (broker/src/mdns_refresh.rs); the browser starts
+    // after that, so what it resolves is what the host advertises after the move (before it, a
+    // query from the new subnet would be answered with the old address).
+    std::thread::sleep(Duration::from_secs(5));
+    let browser = Browser::start(&lan.client)?;
+    let moved: IpAddr = "10.201.0.1".parse()?;
+    let found = browser.wait_for(Duration::from_secs(20), |seen| match seen {
+        Seen::Resolved { addresses, .. } if addresses.contains(&moved) => Some(seen.clone()),
+        _ => None,
+    })?;
+    let Some(Seen::Resolved {
+        port, addresses, ..
+    }) = found
+    else {
+        bail!("the host was not resolved to {moved} within 20 s of moving there");
+    };
+    assert_eq!(port, broker.port_base, "the SRV port is nvhttp's HTTP port");
+    assert_eq!(addresses, vec![moved], "only the address the host has now");
     Ok(())
 }

@@ -114,7 +114,7 @@ struct Inner {
     /// Reaps on every SIGCHLD until the end of `shutdown`.
     reaper_task: Mutex<Option<JoinHandle<()>>>,
     /// Keeps the LAN sockets open for the broker's whole life (the slots hold them too).
-    _sockets: Option<Arc<LanSockets>>,
+    sockets: Option<Arc<LanSockets>>,
     /// Ready / session report / exit events of every slot, until the session code takes them.
     events: Mutex<Option<mpsc::UnboundedReceiver<WorkerEvent>>>,
 }
@@ -209,7 +209,7 @@ impl Supervisor {
                 stop,
                 slot_tasks: Mutex::new(tasks),
                 reaper_task: Mutex::new(Some(reaper_task)),
-                _sockets: sockets,
+                sockets,
                 events: Mutex::new(Some(events_rx)),
             }),
         })
@@ -241,6 +241,11 @@ impl Supervisor {
         slot.outbox
             .try_send(Outgoing { msg, fds })
             .map_err(|e| anyhow::anyhow!("queueing a message for {}: {e}", kind.name()))
+    }
+
+    /// The LAN sockets `lumen-net` is handed (none in tests that supervise without them).
+    pub(crate) fn lan_sockets(&self) -> Option<Arc<LanSockets>> {
+        self.inner.sockets.clone()
     }
 
     /// Whether `kind`'s worker has said Ready and not exited since: the only state in which it

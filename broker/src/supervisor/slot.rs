@@ -768,7 +768,7 @@ fn send_sockets(channel: &Channel, sockets: &LanSockets) -> anyhow::Result<()> {
         .collect();
     channel.send(&BrokerMsg::NetSockets { roles }, &fds)?;
     if let Some(advert) = sockets.mdns_advert() {
-        channel.send(&BrokerMsg::NetMdns(advert.clone()), &[])?;
+        channel.send(&BrokerMsg::NetMdns(advert), &[])?;
     }
     Ok(())
 }
