@@ -1514,6 +1514,20 @@ fn lumen_net_refuses_a_hostile_broker() -> Result<()> {
                 instance: "lumen".into(),
                 host: "lumen".into(),
                 port: 47989,
+                interfaces: vec![lumen_ipc::msg::MdnsInterface {
+                    address: std::net::Ipv4Addr::LOCALHOST,
+                    prefix_len: 8,
+                }],
+            }),
+            vec![],
+        ),
+        (
+            "NetMdns with no interface",
+            "no interface to advertise on",
+            BrokerMsg::NetMdns(lumen_ipc::msg::MdnsAdvert {
+                instance: "lumen".into(),
+                host: "lumen".into(),
+                port: 47989,
                 interfaces: Vec::new(),
             }),
             vec![],
