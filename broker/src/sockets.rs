@@ -62,8 +62,15 @@ pub struct LanSockets {
     bind: IpAddr,
     sockets: Vec<LanSocket>,
     /// What is advertised now; the interfaces follow the host's (see [`LanSockets::refresh_mdns`]).
-    mdns: Option<Mutex<MdnsAdvert>>,
+    mdns: Option<Mutex<MdnsState>>,
     mdns_problem: Option<String>,
+}
+
+/// The advert, and the interfaces as last listed (some may not have been joined: a listing that
+/// has not changed is not tried, nor warned about, again).
+struct MdnsState {
+    advert: MdnsAdvert,
+    listed: Vec<MdnsInterface>,
 }
 
 impl std::fmt::Debug for LanSockets {
@@ -123,18 +130,24 @@ impl LanSockets {
         Ok(LanSockets {
             bind,
             sockets,
-            mdns: advert.map(Mutex::new),
+            mdns: advert.map(|advert: MdnsAdvert| {
+                Mutex::new(MdnsState {
+                    listed: advert.interfaces.clone(),
+                    advert,
+                })
+            }),
             mdns_problem,
         })
     }
 
     /// What `lumen-net` advertises on the mDNS socket, when there is one.
     pub fn mdns_advert(&self) -> Option<MdnsAdvert> {
-        let advert = self.mdns.as_ref()?;
+        let state = self.mdns.as_ref()?;
         Some(
-            advert
+            state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
+                .advert
                 .clone(),
         )
     }
@@ -158,13 +171,15 @@ impl LanSockets {
 
     /// [`LanSockets::refresh_mdns`] for the interfaces `listed`.
     fn follow_mdns_interfaces(&self, listed: Vec<MdnsInterface>) -> Option<MdnsAdvert> {
-        let (advert, socket) = (self.mdns.as_ref()?, self.fd(SocketRole::Mdns)?);
-        let mut advert = advert.lock().unwrap_or_else(PoisonError::into_inner);
-        let same = listed.len() == advert.interfaces.len()
-            && listed.iter().all(|i| advert.interfaces.contains(i));
+        let (state, socket) = (self.mdns.as_ref()?, self.fd(SocketRole::Mdns)?);
+        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let same =
+            listed.len() == state.listed.len() && listed.iter().all(|i| state.listed.contains(i));
         if listed.is_empty() || same {
             return None;
         }
+        state.listed = listed.clone();
+        let advert = &mut state.advert;
         for gone in advert.interfaces.iter().filter(|i| !listed.contains(i)) {
             // The address may be gone already; the kernel keeps a membership per interface
             // (named by the address it was joined with), and leaving may take it away even
