@@ -146,6 +146,22 @@ impl Worker {
         }
     }
 
+    /// Waits for `SessionStarted` of `generation`; a `SessionFailed` instead fails the test.
+    fn wait_started(&mut self, generation: u64) -> Result<()> {
+        let started = self.report("SessionStarted", |msg| match msg {
+            WorkerMsg::SessionStarted { generation: g } if *g == generation => Some(Ok(())),
+            WorkerMsg::SessionFailed { message, .. } => Some(Err(message.clone())),
+            _ => None,
+        })?;
+        if let Err(message) = started {
+            bail!(
+                "{}: a valid session (generation {generation}) failed: {message}",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
     /// The text of the next `Error` report.
     fn error(&mut self) -> Result<String> {
         self.report("an Error report", |msg| match msg {
@@ -385,6 +401,17 @@ fn common_refusals(name: &'static str) -> Result<usize> {
     Ok(count)
 }
 
+/// A four-slot pool for BGRx frames of [`params`] (with room for row padding).
+fn pool_spec() -> FramePoolSpec {
+    let p = params();
+    FramePoolSpec {
+        slots: 4,
+        slot_bytes: round_slot_bytes(
+            u64::from(p.width) * u64::from(p.height) * 4 + 64 * u64::from(p.height),
+        ),
+    }
+}
+
 fn params() -> SessionParams {
     SessionParams {
         width: 320,
@@ -412,13 +439,7 @@ struct Session {
 
 impl Session {
     fn new(generation: u64) -> Result<(Session, Vec<OwnedFd>)> {
-        let p = params();
-        let spec = FramePoolSpec {
-            slots: 4,
-            slot_bytes: round_slot_bytes(
-                u64::from(p.width) * u64::from(p.height) * 4 + 64 * u64::from(p.height),
-            ),
-        };
+        let spec = pool_spec();
         let pool_rw = frame_pool::create_pool("hostile-frames", &spec)?;
         let pool_ro = frame_pool::read_only_fd(pool_rw.as_fd())?;
         let (capture, encode_end) = Channel::pair()?;
@@ -512,14 +533,7 @@ fn start_running_session(worker: &mut Worker, generation: u64) -> Result<(Sessio
     let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
     worker.send(&session.start_msg(), &borrowed)?;
     drop(fds);
-    let started = worker.report("SessionStarted", |msg| match msg {
-        WorkerMsg::SessionStarted { generation: g } if *g == generation => Some(Ok(())),
-        WorkerMsg::SessionFailed { message, .. } => Some(Err(message.clone())),
-        _ => None,
-    })?;
-    if let Err(message) = started {
-        bail!("a valid session (generation {generation}) failed: {message}");
-    }
+    worker.wait_started(generation)?;
     let mut video = Consumer::attach(
         session.video.memfd.try_clone()?,
         session.video.doorbell.try_clone()?,
@@ -1147,13 +1161,7 @@ struct CaptureSession {
 
 impl CaptureSession {
     fn new(generation: u64) -> Result<(CaptureSession, Vec<OwnedFd>)> {
-        let p = params();
-        let spec = FramePoolSpec {
-            slots: 4,
-            slot_bytes: round_slot_bytes(
-                u64::from(p.width) * u64::from(p.height) * 4 + 64 * u64::from(p.height),
-            ),
-        };
+        let spec = pool_spec();
         let pool = frame_pool::create_pool("hostile-capture-frames", &spec)?;
         let (capture_end, encode) = Channel::pair()?;
         let pcm = create_ring("hostile-capture-pcm", PCM_RING_BYTES, generation)?;
@@ -1198,14 +1206,7 @@ fn start_capture_session(
         &borrowed,
     )?;
     drop(fds);
-    let started = worker.report("SessionStarted", |msg| match msg {
-        WorkerMsg::SessionStarted { generation: g } if *g == generation => Some(Ok(())),
-        WorkerMsg::SessionFailed { message, .. } => Some(Err(message.clone())),
-        _ => None,
-    })?;
-    if let Err(message) = started {
-        bail!("a valid capture session (generation {generation}) failed: {message}");
-    }
+    worker.wait_started(generation)?;
     let frame = session.next_frame()?;
     Ok((session, frame))
 }
