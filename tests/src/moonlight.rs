@@ -264,6 +264,30 @@ impl DecodedFrame {
     }
 }
 
+/// The test pattern's frame codes of `decoded`, checked: decoding is lossy, so a few unreadable
+/// codes are tolerated, but nine in ten must read, at least two, and they must increase (frames
+/// are the capture's, in order, none repeated).
+pub fn pattern_codes(decoded: &[DecodedFrame]) -> Result<Vec<u32>> {
+    let codes: Vec<u32> = decoded
+        .iter()
+        .filter_map(|d| d.code.map(|c| c.frame))
+        .collect();
+    ensure!(
+        codes.len() * 10 >= decoded.len() * 9 && codes.len() >= 2,
+        "only {} of {} frames carried a readable pattern code",
+        codes.len(),
+        decoded.len()
+    );
+    if let Some(pair) = codes.windows(2).find(|p| p[1] <= p[0]) {
+        bail!(
+            "pattern frame {} came after {} (out of order or repeated)",
+            pair[1],
+            pair[0]
+        );
+    }
+    Ok(codes)
+}
+
 /// Bytes of one record in the client's frame file: a 16-byte header (width, height, frame
 /// number, frame type; u32 little-endian) and the luma of the code area at the top-left.
 pub fn frame_record_len(width: u32, height: u32) -> Option<u64> {

@@ -14,8 +14,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
-use lumen_tests::moonlight::{python, read_frames, FrameStream};
+use anyhow::{ensure, Context, Result};
+use lumen_tests::moonlight::{pattern_codes, python, read_frames, FrameStream};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
 
@@ -86,20 +86,7 @@ fn moonlight_streams_av1_video_and_51_audio_as_describe_offers() -> Result<()> {
         "av1: the client decoded {} frames, wanted 60",
         decoded.len()
     );
-    let codes: Vec<u32> = decoded
-        .iter()
-        .filter_map(|d| d.code.map(|c| c.frame))
-        .collect();
-    ensure!(
-        codes.len() * 10 >= decoded.len() * 9,
-        "av1: only {} of {} frames carried a readable pattern code",
-        codes.len(),
-        decoded.len()
-    );
-    ensure!(
-        codes.windows(2).all(|p| p[1] > p[0]),
-        "av1: pattern codes out of order or repeated: {codes:?}"
-    );
+    let codes = pattern_codes(&decoded).context("av1")?;
     eprintln!(
         "av1: {} frames decoded, pattern frames {}..={}",
         decoded.len(),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use lumen_tests::moonlight::{
-    finish_client, python, script_args, spawn_client, DecodedFrame, FrameStream, PIN,
+    finish_client, pattern_codes, python, script_args, spawn_client, DecodedFrame, FrameStream, PIN,
 };
 use lumen_tests::netns::{self, Datagrams, LanPair, HOST_ADDR};
 use lumen_tests::{Broker, ScratchDir};
@@ -65,24 +65,7 @@ struct Delivery {
 
 impl Delivery {
     fn of(decoded: &[DecodedFrame]) -> Result<Delivery> {
-        let codes: Vec<u32> = decoded
-            .iter()
-            .filter_map(|d| d.code.map(|c| c.frame))
-            .collect();
-        ensure!(
-            codes.len() * 10 >= decoded.len() * 9 && codes.len() >= 2,
-            "only {} of {} frames carried a readable pattern code",
-            codes.len(),
-            decoded.len()
-        );
-        for pair in codes.windows(2) {
-            ensure!(
-                pair[1] > pair[0],
-                "pattern frame {} came after {} (out of order or repeated)",
-                pair[1],
-                pair[0]
-            );
-        }
+        let codes = pattern_codes(decoded)?;
         let span = codes[codes.len() - 1] - codes[0] + 1;
         Ok(Delivery {
             decoded: decoded.len(),

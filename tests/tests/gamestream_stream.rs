@@ -12,8 +12,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
-use lumen_tests::moonlight::{python, FrameStream};
+use anyhow::{bail, ensure, Context, Result};
+use lumen_tests::moonlight::{pattern_codes, python, FrameStream};
 use lumen_tests::{Broker, ScratchDir};
 use serde_json::Value;
 
@@ -59,25 +59,7 @@ fn stream_and_check(
         "{codec}: the client decoded {} frames, wanted {frames}",
         decoded.len()
     );
-    let codes: Vec<u32> = decoded
-        .iter()
-        .filter_map(|d| d.code.map(|c| c.frame))
-        .collect();
-    // Decoding is lossy; a few unreadable codes are tolerated, most must read.
-    ensure!(
-        codes.len() * 10 >= decoded.len() * 9,
-        "{codec}: only {} of {} frames carried a readable pattern code",
-        codes.len(),
-        decoded.len()
-    );
-    for pair in codes.windows(2) {
-        ensure!(
-            pair[1] > pair[0],
-            "{codec}: pattern frame {} came after {} (out of order or repeated)",
-            pair[1],
-            pair[0]
-        );
-    }
+    let codes = pattern_codes(&decoded).with_context(|| codec.to_string())?;
     let client_frames: Vec<u32> = decoded.iter().map(|d| d.client_frame).collect();
     ensure!(
         client_frames.windows(2).all(|p| p[1] > p[0]),
