@@ -409,8 +409,8 @@ fn nvhttp_seeds_are_a_real_moonlight_exchange() {
         let text = std::str::from_utf8(&text).expect("ASCII query");
         let query = nvhttp::Query::parse(Some(text)).expect("query");
         match nvhttp::pairing::parse(&query).unwrap_or_else(|e| panic!("{name}: {e}")) {
-            PairRequest::Stage { fields, .. } => stages.push(
-                format!("{fields:?}")
+            PairRequest::Stage { stage, .. } => stages.push(
+                format!("{stage:?}")
                     .split([' ', '{'])
                     .next()
                     .map(str::to_owned),

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::launch::LaunchParams;
-use super::pairing::{self, PairFields, PairRequest};
+use super::pairing::{self, PairRequest, PairStage};
 use super::query::Query;
 use super::request::{classify, split_target, Listener, NvRequest};
 
@@ -69,12 +69,12 @@ fn check_request(request: &NvRequest, listener: Listener) {
 }
 
 fn check_pair(request: &PairRequest) {
-    let PairRequest::Stage { uniqueid, fields } = request else {
+    let PairRequest::Stage { uniqueid, stage } = request else {
         return;
     };
     assert!(pairing::valid_uniqueid(uniqueid), "{uniqueid:?}");
-    match fields {
-        PairFields::GetServerCert {
+    match stage {
+        PairStage::GetServerCert {
             client_cert_pem,
             device_name,
             ..
@@ -83,10 +83,12 @@ fn check_pair(request: &PairRequest) {
             assert!(device_name.len() <= pairing::MAX_DEVICE_NAME);
             assert!(!device_name.chars().any(char::is_control));
         }
-        PairFields::ClientPairingSecret { signature, .. } => {
+        PairStage::ClientPairingSecret { signature, .. } => {
             assert!((1..=pairing::MAX_CLIENT_SIGNATURE).contains(&signature.len()));
         }
-        PairFields::ClientChallenge { .. } | PairFields::ServerChallengeResp { .. } => {}
+        PairStage::ClientChallenge { .. }
+        | PairStage::ServerChallengeResp { .. }
+        | PairStage::Abort => {}
     }
 }
 
@@ -103,12 +105,12 @@ fn check_launch(params: &LaunchParams, resume: bool) {
 
 /// The query a client would send for `request` (every byte of free text percent-encoded).
 pub fn pair_query(request: &PairRequest) -> String {
-    let PairRequest::Stage { uniqueid, fields } = request else {
+    let PairRequest::Stage { uniqueid, stage } = request else {
         return "phrase=pairchallenge".into();
     };
     let mut query = format!("uniqueid={}&", percent_encode(uniqueid));
-    match fields {
-        PairFields::GetServerCert {
+    match stage {
+        PairStage::GetServerCert {
             salt,
             client_cert_pem,
             device_name,
@@ -121,13 +123,13 @@ pub fn pair_query(request: &PairRequest) -> String {
                 hex::encode(client_cert_pem)
             );
         }
-        PairFields::ClientChallenge { challenge } => {
+        PairStage::ClientChallenge { challenge } => {
             let _ = write!(query, "clientchallenge={}", hex::encode(challenge));
         }
-        PairFields::ServerChallengeResp { response } => {
+        PairStage::ServerChallengeResp { response } => {
             let _ = write!(query, "serverchallengeresp={}", hex::encode(response));
         }
-        PairFields::ClientPairingSecret { secret, signature } => {
+        PairStage::ClientPairingSecret { secret, signature } => {
             let _ = write!(
                 query,
                 "clientpairingsecret={}{}",
@@ -135,6 +137,8 @@ pub fn pair_query(request: &PairRequest) -> String {
                 hex::encode(signature)
             );
         }
+        // `/unpair`, never a `/pair` query: the parser does not produce it.
+        PairStage::Abort => {}
     }
     query
 }
@@ -159,7 +163,7 @@ mod tests {
     fn pair_queries_parse_back_to_the_same_stage() {
         let stage = PairRequest::Stage {
             uniqueid: "0123456789ABCDEF".into(),
-            fields: PairFields::GetServerCert {
+            stage: PairStage::GetServerCert {
                 salt: [9; 16],
                 client_cert_pem: "-----BEGIN CERTIFICATE-----\n".into(),
                 device_name: "ro th&é=%".into(),

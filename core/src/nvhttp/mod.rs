@@ -14,6 +14,6 @@ pub mod query;
 pub mod request;
 
 pub use launch::{LaunchError, LaunchParams, Mode};
-pub use pairing::{PairError, PairFields, PairRequest};
+pub use pairing::{PairError, PairRequest};
 pub use query::{Query, QueryError};
 pub use request::{classify, split_target, Listener, NvRequest, RequestError};

@@ -1,50 +1,23 @@
-//! The fields of each `/pair` stage (gamestream-protocol.md §3.2), decoded from the query and
-//! checked against the limits the broker enforces on them (lumen-ipc's `NetRequest::validate`
-//! holds the same numbers; lumen-net asserts they agree).
+//! Each `/pair` stage (gamestream-protocol.md §3.2), decoded from the query into the broker's
+//! `PairStage` and checked against the limits the broker enforces on them (lumen-ipc's
+//! `NetRequest::validate` checks the same constants again).
 
 use super::query::{hex_array, Query};
 
-/// Longest client `uniqueid` accepted (Moonlight sends 16 hex digits).
-pub const MAX_UNIQUEID: usize = 64;
-/// Longest client certificate PEM accepted at pairing (an RSA-4096 certificate is ~2 KiB).
-pub const MAX_CLIENT_CERT_PEM: usize = 8192;
-/// Longest device name kept from a pairing request (longer ones are cut at a character).
-pub const MAX_DEVICE_NAME: usize = 64;
-/// Longest client signature over its pairing secret (RSA-4096 is 512 bytes).
-pub const MAX_CLIENT_SIGNATURE: usize = 512;
+// The limits are the broker's (lumen-ipc's `NetRequest::validate` checks them again): a stage
+// this parser lets through is one the broker takes.
+pub use lumen_ipc::net_msg::{
+    valid_uniqueid, PairStage, MAX_CLIENT_CERT_PEM, MAX_CLIENT_SIGNATURE, MAX_DEVICE_NAME,
+    MAX_UNIQUEID,
+};
 
 /// What a `/pair` request asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PairRequest {
     /// Stages 1-4, for the broker.
-    Stage {
-        uniqueid: String,
-        fields: PairFields,
-    },
+    Stage { uniqueid: String, stage: PairStage },
     /// Stage 5 (`phrase=pairchallenge`): answered from the TLS client certificate alone.
     Challenge,
-}
-
-/// The decoded inputs of pairing stages 1-4.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PairFields {
-    /// Stage 1, `phrase=getservercert`: the client's salt, certificate and name.
-    GetServerCert {
-        salt: [u8; 16],
-        client_cert_pem: String,
-        /// Without control characters, at most [`MAX_DEVICE_NAME`] bytes.
-        device_name: String,
-    },
-    /// Stage 2, `clientchallenge`: AES-ECB encrypted.
-    ClientChallenge { challenge: [u8; 16] },
-    /// Stage 3, `serverchallengeresp`: AES-ECB encrypted.
-    ServerChallengeResp { response: [u8; 32] },
-    /// Stage 4, `clientpairingsecret`: the client's secret and its signature over it
-    /// (1..=[`MAX_CLIENT_SIGNATURE`] bytes).
-    ClientPairingSecret {
-        secret: [u8; 16],
-        signature: Vec<u8>,
-    },
 }
 
 /// Why a `/pair` or `/unpair` query was refused.
@@ -78,16 +51,6 @@ pub enum PairError {
     UnknownStage,
 }
 
-/// Whether `id` is a client uniqueid the broker keeps state under: 1..=[`MAX_UNIQUEID`] ASCII
-/// letters, digits, `-` or `_`.
-pub fn valid_uniqueid(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_UNIQUEID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The client's uniqueid, checked.
 pub fn uniqueid(query: &Query) -> Result<String, PairError> {
     match query.get("uniqueid") {
@@ -103,14 +66,14 @@ pub fn parse(query: &Query) -> Result<PairRequest, PairError> {
         return Ok(PairRequest::Challenge);
     }
     let uniqueid = uniqueid(query)?;
-    let fields = if query.get("phrase") == Some("getservercert") {
+    let stage = if query.get("phrase") == Some("getservercert") {
         get_server_cert(query)?
     } else if let Some(challenge) = query.get("clientchallenge") {
-        PairFields::ClientChallenge {
+        PairStage::ClientChallenge {
             challenge: hex_array(challenge).ok_or(PairError::BadClientChallenge)?,
         }
     } else if let Some(response) = query.get("serverchallengeresp") {
-        PairFields::ServerChallengeResp {
+        PairStage::ServerChallengeResp {
             response: hex_array(response).ok_or(PairError::BadServerChallengeResp)?,
         }
     } else if let Some(secret) = query.get("clientpairingsecret") {
@@ -118,10 +81,10 @@ pub fn parse(query: &Query) -> Result<PairRequest, PairError> {
     } else {
         return Err(PairError::UnknownStage);
     };
-    Ok(PairRequest::Stage { uniqueid, fields })
+    Ok(PairRequest::Stage { uniqueid, stage })
 }
 
-fn get_server_cert(query: &Query) -> Result<PairFields, PairError> {
+fn get_server_cert(query: &Query) -> Result<PairStage, PairError> {
     let salt = query
         .get("salt")
         .and_then(hex_array::<16>)
@@ -135,7 +98,7 @@ fn get_server_cert(query: &Query) -> Result<PairFields, PairError> {
     }
     let cert = hex::decode(cert_hex).map_err(|_| PairError::ClientCertNotHex)?;
     let client_cert_pem = String::from_utf8(cert).map_err(|_| PairError::ClientCertNotText)?;
-    Ok(PairFields::GetServerCert {
+    Ok(PairStage::GetServerCert {
         salt,
         client_cert_pem,
         device_name: device_name(query.get("devicename").unwrap_or("")),
@@ -155,7 +118,7 @@ pub fn device_name(raw: &str) -> String {
     name
 }
 
-fn client_pairing_secret(hex_text: &str) -> Result<PairFields, PairError> {
+fn client_pairing_secret(hex_text: &str) -> Result<PairStage, PairError> {
     if hex_text.len() > 2 * (16 + MAX_CLIENT_SIGNATURE) {
         return Err(PairError::SecretTooLong);
     }
@@ -166,7 +129,7 @@ fn client_pairing_secret(hex_text: &str) -> Result<PairFields, PairError> {
     if signature.is_empty() {
         return Err(PairError::SecretWithoutSignature);
     }
-    Ok(PairFields::ClientPairingSecret {
+    Ok(PairStage::ClientPairingSecret {
         secret: *secret,
         signature: signature.to_vec(),
     })
@@ -193,7 +156,7 @@ mod tests {
             stage1,
             PairRequest::Stage {
                 uniqueid: "0123456789ABCDEF".into(),
-                fields: PairFields::GetServerCert {
+                stage: PairStage::GetServerCert {
                     salt: [0; 16],
                     client_cert_pem: pem.into(),
                     device_name: "roth".into()
@@ -206,7 +169,7 @@ mod tests {
         )))
         .unwrap();
         assert!(
-            matches!(stage2, PairRequest::Stage { fields: PairFields::ClientChallenge { challenge }, .. } if challenge == [0x11; 16])
+            matches!(stage2, PairRequest::Stage { stage: PairStage::ClientChallenge { challenge }, .. } if challenge == [0x11; 16])
         );
         let stage3 = parse(&q(&format!(
             "uniqueid=a&serverchallengeresp={}",
@@ -216,7 +179,7 @@ mod tests {
         assert!(matches!(
             stage3,
             PairRequest::Stage {
-                fields: PairFields::ServerChallengeResp { response },
+                stage: PairStage::ServerChallengeResp { response },
                 ..
             } if response == [0x22; 32]
         ));
@@ -227,7 +190,7 @@ mod tests {
         )))
         .unwrap();
         assert!(
-            matches!(stage4, PairRequest::Stage { fields: PairFields::ClientPairingSecret { secret, ref signature }, .. } if secret == [0x33; 16] && signature == &[0x44; 256])
+            matches!(stage4, PairRequest::Stage { stage: PairStage::ClientPairingSecret { secret, ref signature }, .. } if secret == [0x33; 16] && signature == &[0x44; 256])
         );
         assert_eq!(
             parse(&q("uniqueid=a&phrase=pairchallenge")).unwrap(),

@@ -102,7 +102,7 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nvhttp::PairFields;
+    use lumen_ipc::net_msg::PairStage;
 
     fn classify_target(
         method: &str,
@@ -130,7 +130,7 @@ mod tests {
                 Http,
                 NvRequest::Pair(PairRequest::Stage {
                     uniqueid: "0123456789ABCDEF".into(),
-                    fields: PairFields::ClientChallenge {
+                    stage: PairStage::ClientChallenge {
                         challenge: [0xab; 16],
                     },
                 }),

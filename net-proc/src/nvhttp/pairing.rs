@@ -1,41 +1,10 @@
-//! `/pair` and `/unpair`: the stage fields lumen-core decoded (`lumen_core::nvhttp::pairing`)
-//! handed to the broker (which holds the PIN and the host key) as a [`PairStage`], and the
+//! `/pair` and `/unpair`: the stage lumen-core decoded (`lumen_core::nvhttp::pairing`)
+//! handed to the broker (which holds the PIN and the host key) as a `lumen_ipc::net_msg::PairStage`, and the
 //! broker's [`PairReply`] turned back into the XML Moonlight expects (gamestream-protocol.md §3.2).
 
-use lumen_core::nvhttp::PairFields;
-use lumen_ipc::net_msg::{PairReply, PairStage};
+use lumen_ipc::net_msg::PairReply;
 
 use super::xml::Xml;
-
-// The broker refuses what exceeds its limits; the parser in core must cut at the same ones.
-const _: () = {
-    use lumen_core::nvhttp::pairing as core;
-    use lumen_ipc::net_msg as ipc;
-    assert!(core::MAX_UNIQUEID == ipc::MAX_UNIQUEID);
-    assert!(core::MAX_CLIENT_CERT_PEM == ipc::MAX_CLIENT_CERT_PEM);
-    assert!(core::MAX_DEVICE_NAME == ipc::MAX_DEVICE_NAME);
-    assert!(core::MAX_CLIENT_SIGNATURE == ipc::MAX_CLIENT_SIGNATURE);
-};
-
-/// The broker's form of a decoded stage.
-pub fn stage(fields: PairFields) -> PairStage {
-    match fields {
-        PairFields::GetServerCert {
-            salt,
-            client_cert_pem,
-            device_name,
-        } => PairStage::GetServerCert {
-            salt,
-            client_cert_pem,
-            device_name,
-        },
-        PairFields::ClientChallenge { challenge } => PairStage::ClientChallenge { challenge },
-        PairFields::ServerChallengeResp { response } => PairStage::ServerChallengeResp { response },
-        PairFields::ClientPairingSecret { secret, signature } => {
-            PairStage::ClientPairingSecret { secret, signature }
-        }
-    }
-}
 
 /// The XML for the broker's answer to a stage. Failures keep `status_code` 200 with
 /// `<paired>0</paired>`, as clients expect.
@@ -69,12 +38,12 @@ mod tests {
 
     fn decoded(query: &str) -> NetRequest {
         let query = Query::parse(Some(query)).unwrap();
-        let Ok(PairRequest::Stage { uniqueid, fields }) = pairing::parse(&query) else {
+        let Ok(PairRequest::Stage { uniqueid, stage }) = pairing::parse(&query) else {
             panic!("not a stage: {query:?}");
         };
         NetRequest::Pair {
             client_uniqueid: uniqueid,
-            stage: stage(fields),
+            stage,
         }
     }
 

@@ -270,7 +270,7 @@ async fn pair(host: &Host, request: PairRequest, https: bool) -> Xml {
     let (uniqueid, stage) = match request {
         // Stage 5 reaches here only through the 401 check: the certificate is paired.
         PairRequest::Challenge => return Xml::ok().field("paired", u8::from(https)),
-        PairRequest::Stage { uniqueid, fields } => (uniqueid, pairing::stage(fields)),
+        PairRequest::Stage { uniqueid, stage } => (uniqueid, stage),
     };
     let timeout = if matches!(stage, PairStage::GetServerCert { .. }) {
         PIN_STAGE_TIMEOUT
