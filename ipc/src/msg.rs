@@ -121,6 +121,31 @@ pub struct SandboxReport {
     pub notes: Vec<String>,
 }
 
+impl SandboxReport {
+    /// A report of no layer at all: every one `Unavailable`, until the step that enters it says
+    /// otherwise (or, for a process that enters none, for good).
+    pub fn unconfined() -> SandboxReport {
+        SandboxReport {
+            no_new_privs: Layer::Unavailable,
+            capabilities_dropped: Layer::Unavailable,
+            rlimits: Layer::Unavailable,
+            not_dumpable: Layer::Unavailable,
+            user_ns: Layer::Unavailable,
+            mount_ns: Layer::Unavailable,
+            pid_ns: Layer::Unavailable,
+            ipc_ns: Layer::Unavailable,
+            net_ns: Layer::Unavailable,
+            landlock_fs: Layer::Unavailable,
+            landlock_net: Layer::Unavailable,
+            landlock_scope: Layer::Unavailable,
+            landlock_abi: 0,
+            seccomp: Layer::Unavailable,
+            seccomp_allowed_syscalls: 0,
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// The role of a LAN socket the broker bound and hands to `lumen-net`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SocketRole {

@@ -202,14 +202,7 @@ impl Broker {
 
     /// `lumen-broker status --json`, parsed.
     pub fn status(&self) -> Result<Value> {
-        let out = self.cli(&["status", "--json"])?;
-        if !out.status.success() {
-            bail!(
-                "status failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        serde_json::from_slice(&out.stdout).context("status --json is not JSON")
+        status_json(&self.cli(&["status", "--json"])?)
     }
 
     /// Polls `status --json` until `ready` holds or `timeout` passes.
@@ -359,6 +352,17 @@ pub fn pass_channel_as_fd3(command: &mut Command, channel: std::os::fd::RawFd) {
             Ok(())
         });
     }
+}
+
+/// The output of `lumen-broker status --json`, parsed (a failed command's stderr is the error).
+pub fn status_json(out: &std::process::Output) -> Result<Value> {
+    if !out.status.success() {
+        bail!(
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("status --json is not JSON")
 }
 
 /// Forwards `child`'s piped stdout and stderr with [`forward_lines`]: what a broker logs then shows

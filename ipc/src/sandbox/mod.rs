@@ -83,28 +83,6 @@ impl SandboxError {
     }
 }
 
-/// An empty report: every layer `Unavailable` until the step that enters it says otherwise.
-fn blank_report() -> SandboxReport {
-    SandboxReport {
-        no_new_privs: Layer::Unavailable,
-        capabilities_dropped: Layer::Unavailable,
-        rlimits: Layer::Unavailable,
-        not_dumpable: Layer::Unavailable,
-        user_ns: Layer::Unavailable,
-        mount_ns: Layer::Unavailable,
-        pid_ns: Layer::Unavailable,
-        ipc_ns: Layer::Unavailable,
-        net_ns: Layer::Unavailable,
-        landlock_fs: Layer::Unavailable,
-        landlock_net: Layer::Unavailable,
-        landlock_scope: Layer::Unavailable,
-        landlock_abi: 0,
-        seccomp: Layer::Unavailable,
-        seccomp_allowed_syscalls: 0,
-        notes: Vec::new(),
-    }
-}
-
 /// Locks the calling process down according to `policy`. Call it once, early in `main`, while the
 /// process is still single-threaded, after acquiring what the worker needs and before reading
 /// anything untrusted. On success the process can no longer leave the sandbox.
@@ -125,7 +103,7 @@ pub(crate) fn lockdown_layers(
     options: &Options,
     layers: Layers,
 ) -> Result<SandboxReport, SandboxError> {
-    let mut report = blank_report();
+    let mut report = SandboxReport::unconfined();
 
     process::set_early_limits(policy)?;
     report.rlimits = Layer::On;

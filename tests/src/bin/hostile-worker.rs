@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use lumen_ipc::channel::{Channel, ChannelError};
 use lumen_ipc::media::MediaStats;
 use lumen_ipc::msg::{
-    BrokerMsg, Layer, SandboxReport, WorkerKind, WorkerMsg, CHANNEL_FD, MAX_MESSAGE_BYTES,
+    BrokerMsg, SandboxReport, WorkerKind, WorkerMsg, CHANNEL_FD, MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
 };
 use lumen_ipc::net_msg::NetRequest;
@@ -183,22 +183,8 @@ fn ready(channel: &Channel, kind: WorkerKind) -> Result<()> {
 /// The honest report of this process: it entered no sandbox layer.
 fn no_sandbox() -> SandboxReport {
     SandboxReport {
-        no_new_privs: Layer::Unavailable,
-        capabilities_dropped: Layer::Unavailable,
-        rlimits: Layer::Unavailable,
-        not_dumpable: Layer::Unavailable,
-        user_ns: Layer::Unavailable,
-        mount_ns: Layer::Unavailable,
-        pid_ns: Layer::Unavailable,
-        ipc_ns: Layer::Unavailable,
-        net_ns: Layer::Unavailable,
-        landlock_fs: Layer::Unavailable,
-        landlock_net: Layer::Unavailable,
-        landlock_scope: Layer::Unavailable,
-        landlock_abi: 0,
-        seccomp: Layer::Unavailable,
-        seccomp_allowed_syscalls: 0,
         notes: vec!["hostile-worker: a test stand-in with no sandbox".into()],
+        ..SandboxReport::unconfined()
     }
 }
 

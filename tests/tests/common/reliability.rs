@@ -144,14 +144,7 @@ impl Serve {
 
     /// `status --json`, parsed.
     pub fn status(&self) -> Result<Value> {
-        let out = self.cli(&["status", "--json"])?;
-        if !out.status.success() {
-            bail!(
-                "status failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        serde_json::from_slice(&out.stdout).context("status --json is not JSON")
+        lumen_tests::status_json(&self.cli(&["status", "--json"])?)
     }
 
     /// Polls `status --json` until `ready` holds; fails early if the broker exits.
